@@ -1,0 +1,132 @@
+"""Lightning DataModule: train/val/test loaders for a COCO trash dataset described by a data config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .classes import CLASSES
+from .dataset import CocoSegmentationDataset
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker is one process: OpenCV's own thread pool would only oversubscribe the cores.
+    cv2.setNumThreads(0)
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class TrashDataModule(L.LightningDataModule):
+    """Builds the datasets of one data config; see docs/CONTRACTS.md for the batch format.
+
+    Samplers are ours, so the Trainer runs with `use_distributed_sampler=False`:
+    train uses a seeded DistributedSampler even on one process (the order is a function of
+    seed and epoch, which makes a resumed run see the same batches), val/test never pad,
+    so no sample is counted twice by the metric under DDP.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        classes: Sequence[str] = CLASSES,
+        train_ann: str = "train.json",
+        val_ann: str = "val.json",
+        test_ann: str = "test.json",
+        overlap: str = "area_desc",
+        crowd: str = "label",
+        cache_dir: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+        synthetic: Mapping | None = None,
+        augment: Mapping | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.anns = {"train": train_ann, "val": val_ann, "test": test_ann}
+        self.dataset_kwargs = {"classes": self.classes, "overlap": overlap, "crowd": crowd, "cache_dir": cache_dir}
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self.mean, self.std = list(mean), list(std)
+        self.seed = seed
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.augment = {split: list((augment or {}).get(split) or []) for split in ("train", "val", "test")}
+        self.datasets: dict[str, CocoSegmentationDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset on first use (rank 0 only, before setup)."""
+        if self.synthetic and not (self.root / self.anns["train"]).exists():
+            from .synthetic import generate_dataset
+
+            generate_dataset(self.root, **self.synthetic)
+
+    def dataset(self, split: str) -> CocoSegmentationDataset:
+        if split not in self.datasets:
+            self.datasets[split] = CocoSegmentationDataset(
+                self.root,
+                self.anns[split],
+                transforms=self.augment[split],
+                mode="test" if split == "test" else split,
+                **self.dataset_kwargs,
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, ("train", "val", "test")):
+            self.dataset(split)
+
+    def _loader(self, split: str, sampler, batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=drop_last,
+            worker_init_fn=_worker_init,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = _world()
+        sampler = DistributedSampler(self.dataset("train"), num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return self._loader("train", sampler, self.batch_size, self.drop_last)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        world, rank = _world()
+        dataset = self.dataset(split)
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return self._loader(split, sampler, self.val_batch_size, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,146 @@
+"""The COCO trash-segmentation dataset: image + semantic mask per item."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cache import MaskCache, cache_key, default_cache_root
+from .classes import CLASSES
+from .coco import label_map, parse_coco
+from .image_io import read_rgb
+from .masks import SegObject, object_masks, rasterize, validate_policy
+from .packed import PackedList
+from .transforms import build_transforms
+
+MODES = ("train", "val", "test")
+
+
+class CocoSegmentationDataset(Dataset):
+    """Items are dicts: `image` (uint8 3 x H x W), `mask` (uint8 H x W, not in test mode),
+    `id`, `file_name`, `orig_size` (H, W before transforms); see docs/CONTRACTS.md.
+
+    Images are indexed by position in the JSON's image list, so ids need not be contiguous.
+    Masks are rasterised once and then read from the mask cache (`cache_dir=False` disables it).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        ann_file: str | Path,
+        classes: Sequence[str] = CLASSES,
+        overlap: str = "area_desc",
+        transforms: Callable | Sequence[Mapping] | None = None,
+        mode: str = "train",
+        crowd: str = "label",
+        cache_dir: str | Path | bool | None = None,
+    ):
+        validate_policy(overlap, crowd)
+        if mode not in MODES:
+            raise ValueError(f"unknown dataset mode {mode!r}; choose one of {MODES}")
+        self.root = Path(root)
+        self.ann_path = self.root / ann_file
+        self.classes = list(classes)
+        self.overlap, self.crowd, self.mode = overlap, crowd, mode
+        self.transforms = build_transforms(transforms) if isinstance(transforms, Sequence) else transforms
+
+        if not self.ann_path.is_file():
+            raise FileNotFoundError(f"annotation file not found: {self.ann_path} (check data.root and the *_ann keys)")
+        raw = self.ann_path.read_bytes()
+        coco = parse_coco(raw, self.ann_path)
+        self._index_images(coco["images"])
+        self.cache = None
+        self._objects: PackedList | None = None
+        if mode != "test":
+            if cache_dir is not False:
+                key = cache_key(raw, self.classes, overlap, crowd)
+                about = {"ann_file": str(self.ann_path.resolve()), "classes": self.classes, "overlap": overlap, "crowd": crowd}
+                self.cache = MaskCache(cache_dir or default_cache_root(), key, about)
+            self._objects = self._pack_objects(coco, only_uncached=self.cache is not None)
+
+    def _index_images(self, images: list[dict]) -> None:
+        self.ids = np.array([im["id"] for im in images], dtype=np.int64)
+        if len(np.unique(self.ids)) != len(self.ids):
+            dup = [int(i) for i in np.unique(self.ids) if (self.ids == i).sum() > 1][:5]
+            raise ValueError(f"{self.ann_path}: duplicate image ids {dup}; run python -m trashseg.data.check")
+        self.file_names = np.array([im["file_name"] for im in images])  # numpy strings: no refcounts in workers
+        self.sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64)
+
+    def _pack_objects(self, coco: dict, only_uncached: bool) -> PackedList:
+        """Per image its SegObjects; with a cache, only for images whose mask is not on disk yet."""
+        labels = label_map(coco.get("categories", []), self.classes)
+        position = {int(image_id): i for i, image_id in enumerate(self.ids)}
+        per_image: dict[int, list[SegObject]] = defaultdict(list)
+        for ann in coco.get("annotations", []):
+            if ann["image_id"] not in position:
+                raise ValueError(f"{self.ann_path}: annotation {ann.get('id')} refers to unknown image id {ann['image_id']}")
+            if ann["category_id"] not in labels:
+                raise ValueError(f"{self.ann_path}: annotation {ann.get('id')} has category id {ann['category_id']} missing from 'categories'")
+            obj = SegObject(labels[ann["category_id"]], ann["segmentation"], bool(ann.get("iscrowd", 0)))
+            per_image[position[ann["image_id"]]].append(obj)
+        skip = {i for i, image_id in enumerate(self.ids) if only_uncached and self.cache.has(int(image_id))}
+        return PackedList(None if i in skip else per_image[i] for i in range(len(self.ids)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def objects(self, index: int) -> list[SegObject]:
+        """The image's annotations (re-reading the JSON if the warm cache let us skip them)."""
+        objects = self._objects[index]
+        if objects is None:
+            self._objects = self._pack_objects(parse_coco(self.ann_path.read_bytes(), self.ann_path), only_uncached=False)
+            objects = self._objects[index]
+        return objects
+
+    def object_masks(self, index: int) -> list[tuple[int, np.ndarray]]:
+        """Each object's own (label, 0/1 mask) at the original size, e.g. for copy-paste."""
+        height, width = self.sizes[index]
+        return object_masks(self.objects(index), int(height), int(width))
+
+    def mask(self, index: int) -> np.ndarray:
+        """The semantic mask at the original size: from the cache, else rasterised (and cached)."""
+        image_id = int(self.ids[index])
+        if self.cache is not None:
+            cached = self.cache.load(image_id)
+            if cached is not None:
+                return cached
+        height, width = self.sizes[index]
+        mask = rasterize(self.objects(index), int(height), int(width), self.overlap, self.crowd)
+        if self.cache is not None:
+            self.cache.save(image_id, mask)
+        return mask
+
+    def read_image(self, index: int) -> np.ndarray:
+        path = self.root / str(self.file_names[index])
+        image = read_rgb(path)
+        height, width = self.sizes[index]
+        if image.shape[:2] != (height, width):
+            raise ValueError(
+                f"{path} is {image.shape[1]}x{image.shape[0]} but {self.ann_path.name} says {width}x{height}; "
+                "fix the annotation file (python -m trashseg.data.check lists all such images)"
+            )
+        return image
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.read_image(index)
+        mask = None if self.mode == "test" else self.mask(index)
+        if self.transforms is not None:
+            # Draw the augmentation seed from torch: DataLoader seeds torch differently per
+            # worker and epoch, while albumentations' own state would repeat in every worker.
+            self.transforms.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+            out = self.transforms(image=image) if mask is None else self.transforms(image=image, mask=mask)
+            image, mask = out["image"], out.get("mask")
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "id": int(self.ids[index]),
+            "file_name": str(self.file_names[index]),
+            "orig_size": torch.from_numpy(self.sizes[index].copy()),
+        }
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+        return item

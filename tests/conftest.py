@@ -1,0 +1,40 @@
+"""Shared fixtures: the real sample data (skipped when absent) and a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TRASHSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """Tests never touch the user's mask cache or W&B folders, and W&B never goes online."""
+    os.environ["TRASHSEG_CACHE"] = str(tmp_path_factory.mktemp("mask_cache"))
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_DIR"] = str(tmp_path_factory.mktemp("wandb"))
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set TRASHSEG_SHARED_DATA); skipping")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def recycle_sample(shared_data) -> Path:
+    return shared_data / "recycle-sample"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the competition layout: 64 px, 24 train / 10 val / 6 test."""
+    from trashseg.data.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synthetic") / "data", n_train=24, n_val=10, n_test=6, size=64, seed=0)
