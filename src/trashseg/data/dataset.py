@@ -115,13 +115,14 @@ class CocoSegmentationDataset(Dataset):
             self.cache.save(image_id, mask)
         return mask
 
-    def read_image(self, index: int) -> np.ndarray:
+    def read_image(self, index: int) -> torch.Tensor:
+        """uint8 3 x H x W, checked against the size the JSON gives."""
         path = self.root / str(self.file_names[index])
         image = read_rgb(path)
         height, width = self.sizes[index]
-        if image.shape[:2] != (height, width):
+        if image.shape[1:] != (height, width):
             raise ValueError(
-                f"{path} is {image.shape[1]}x{image.shape[0]} but {self.ann_path.name} says {width}x{height}; "
+                f"{path} is {image.shape[2]}x{image.shape[1]} but {self.ann_path.name} says {width}x{height}; "
                 "fix the annotation file (python -m trashseg.data.check lists all such images)"
             )
         return image
@@ -130,17 +131,22 @@ class CocoSegmentationDataset(Dataset):
         image = self.read_image(index)
         mask = None if self.mode == "test" else self.mask(index)
         if self.transforms is not None:
-            # Draw the augmentation seed from torch: DataLoader seeds torch differently per
-            # worker and epoch, while albumentations' own state would repeat in every worker.
-            self.transforms.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
-            out = self.transforms(image=image) if mask is None else self.transforms(image=image, mask=mask)
-            image, mask = out["image"], out.get("mask")
+            image, mask = self._augment(image, mask)
         item = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": image,
             "id": int(self.ids[index]),
             "file_name": str(self.file_names[index]),
             "orig_size": torch.from_numpy(self.sizes[index].copy()),
         }
         if mask is not None:
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+            item["mask"] = torch.from_numpy(mask)
         return item
+
+    def _augment(self, image: torch.Tensor, mask: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray | None]:
+        # Draw the augmentation seed from torch: DataLoader seeds torch differently per
+        # worker and epoch, while albumentations' own state would repeat in every worker.
+        self.transforms.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        out = self.transforms(image=hwc) if mask is None else self.transforms(image=hwc, mask=mask)
+        chw = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        return chw, (None if mask is None else np.ascontiguousarray(out["mask"]))

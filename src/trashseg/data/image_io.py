@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import cv2
-import numpy as np
+import torch
+
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+# torchvision 0.29 deprecates its decoders in favour of torchcodec, which our pinned torch
+# does not support; the decoder is libjpeg-turbo and the fastest here (benchmarks/bench_loader.py).
+warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """uint8 H x W x 3 RGB; one clear line for a missing, truncated or unreadable file."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path} (check data.root and the file_name in the JSON)") from None
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """uint8 3 x H x W RGB; one clear line for a missing, truncated or unreadable file.
+
+    torchvision's libjpeg-turbo decoder hands over channels-first directly, which saves the
+    HWC -> CHW copy that OpenCV's layout would cost on every item.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path} (check data.root and the file_name in the JSON)")
+    data = read_file(str(path))
     if is_truncated_jpeg(data):
         raise ValueError(f"truncated JPEG: {path} (the file ends before the JPEG end marker; re-copy it)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
-    if image is None:
-        raise ValueError(f"unreadable image: {path} (not a format OpenCV can decode)")
-    return image
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise ValueError(f"unreadable image: {path} ({str(err).splitlines()[0]})") from None
 
 
-def is_truncated_jpeg(data: np.ndarray) -> bool:
-    """A JPEG whose end-of-image marker is missing (OpenCV would decode it half grey)."""
-    raw = data[:2].tobytes()
-    if raw != _JPEG_SOI:
+def is_truncated_jpeg(data: torch.Tensor) -> bool:
+    """A JPEG whose end-of-image marker is missing (decoders would fill the rest with grey)."""
+    if data[:2].numpy().tobytes() != _JPEG_SOI:
         return False
-    tail = data[-64:].tobytes().rstrip(b"\x00")  # some writers pad after the marker
+    tail = data[-64:].numpy().tobytes().rstrip(b"\x00")  # some writers pad after the marker
     return not tail.endswith(_JPEG_EOI)

@@ -61,7 +61,8 @@ def rasterize(
     objects: Sequence[SegObject], height: int, width: int, overlap: str = "area_desc", crowd: str = "label"
 ) -> np.ndarray:
     """uint8 H x W label map of `objects` (0 where none is)."""
-    mask = np.zeros((height, width), dtype=np.uint8)
+    # Fortran order like pycocotools' decoded masks: copyto then streams through both alike.
+    mask = np.zeros((height, width), dtype=np.uint8, order="F")
     rles = [segmentation_to_rle(o.segmentation, height, width) for o in objects]
     order = draw_order(objects, rles, overlap)
     if crowd == "ignore":  # crowd regions go on top of everything, whatever the policy
@@ -70,8 +71,8 @@ def rasterize(
         if rles[i] is None:
             continue
         value = IGNORE_INDEX if crowd == "ignore" and objects[i].iscrowd else objects[i].label
-        mask[decode(rles[i]).view(bool)] = value
-    return mask
+        np.copyto(mask, value, where=decode(rles[i]).view(bool))
+    return np.ascontiguousarray(mask)
 
 
 def object_masks(objects: Sequence[SegObject], height: int, width: int) -> list[tuple[int, np.ndarray]]:
