@@ -9,9 +9,10 @@ import cv2
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
-from .classes import CLASSES
+from .classes import CLASSES, IGNORE_INDEX
 from .dataset import CocoSegmentationDataset
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
 
@@ -19,6 +20,21 @@ from .normalize import IMAGENET_MEAN, IMAGENET_STD
 def _worker_init(_worker_id: int) -> None:
     # Each worker is one process: OpenCV's own thread pool would only oversubscribe the cores.
     cv2.setNumThreads(0)
+
+
+def pad_collate(items: list[dict]) -> dict:
+    """default_collate, after padding images of different sizes to the largest at the
+    bottom/right: image with 0, mask with IGNORE_INDEX, so padding never counts in loss or
+    metric. `orig_size` tells consumers where to crop."""
+    height = max(item["image"].shape[1] for item in items)
+    width = max(item["image"].shape[2] for item in items)
+    for item in items:
+        pad = (0, width - item["image"].shape[2], 0, height - item["image"].shape[1])
+        if any(pad):
+            item["image"] = F.pad(item["image"], pad, value=0)
+            if "mask" in item:
+                item["mask"] = F.pad(item["mask"], pad, value=IGNORE_INDEX)
+    return default_collate(items)
 
 
 def _world() -> tuple[int, int]:
@@ -46,6 +62,7 @@ class TrashDataModule(L.LightningDataModule):
         overlap: str = "area_desc",
         crowd: str = "label",
         cache_dir: str | None = None,
+        images_relative_to: str = "root",
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -63,7 +80,8 @@ class TrashDataModule(L.LightningDataModule):
         self.classes = list(classes)
         self.num_classes = len(self.classes)
         self.anns = {"train": train_ann, "val": val_ann, "test": test_ann}
-        self.dataset_kwargs = {"classes": self.classes, "overlap": overlap, "crowd": crowd, "cache_dir": cache_dir}
+        self.dataset_kwargs = {"classes": self.classes, "overlap": overlap, "crowd": crowd, "cache_dir": cache_dir,
+                               "images_relative_to": images_relative_to}
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -108,6 +126,7 @@ class TrashDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=drop_last,
+            collate_fn=pad_collate,
             worker_init_fn=_worker_init,
         )
 

@@ -27,6 +27,8 @@ class CocoSegmentationDataset(Dataset):
 
     Images are indexed by position in the JSON's image list, so ids need not be contiguous.
     Masks are rasterised once and then read from the mask cache (`cache_dir=False` disables it).
+    `file_name` is relative to `root`, or to the annotation file's folder with
+    `images_relative_to="ann"`.
     """
 
     def __init__(
@@ -39,12 +41,18 @@ class CocoSegmentationDataset(Dataset):
         mode: str = "train",
         crowd: str = "label",
         cache_dir: str | Path | bool | None = None,
+        images_relative_to: str = "root",
     ):
         validate_policy(overlap, crowd)
         if mode not in MODES:
             raise ValueError(f"unknown dataset mode {mode!r}; choose one of {MODES}")
+        if images_relative_to not in ("root", "ann"):
+            raise ValueError(f"images_relative_to must be 'root' or 'ann', not {images_relative_to!r}")
         self.root = Path(root)
         self.ann_path = self.root / ann_file
+        # The competition's file_name is relative to the data root; other sets (TrashCan)
+        # name images relative to the annotation file's folder.
+        self.image_root = self.root if images_relative_to == "root" else self.ann_path.parent
         self.classes = list(classes)
         self.overlap, self.crowd, self.mode = overlap, crowd, mode
         self.transforms = build_transforms(transforms) if isinstance(transforms, Sequence) else transforms
@@ -117,7 +125,7 @@ class CocoSegmentationDataset(Dataset):
 
     def read_image(self, index: int) -> torch.Tensor:
         """uint8 3 x H x W, checked against the size the JSON gives."""
-        path = self.root / str(self.file_names[index])
+        path = self.image_root / str(self.file_names[index])
         image = read_rgb(path)
         height, width = self.sizes[index]
         if image.shape[1:] != (height, width):
