@@ -1,0 +1,1 @@
+"""Tools for the team: EDA, run comparison, prediction pictures, model cost card."""
