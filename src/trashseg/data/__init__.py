@@ -2,7 +2,6 @@
 
 from .classes import CLASSES, IGNORE_INDEX, PALETTE
 from .coco import UnknownCategoryError
-from .datamodule import TrashDataModule
 from .dataset import CocoSegmentationDataset
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
@@ -17,3 +16,12 @@ __all__ = [
     "IMAGENET_STD",
     "Normalize",
 ]
+
+
+def __getattr__(name: str):
+    # Lightning takes seconds to import; the command-line tools of this package don't need it.
+    if name == "TrashDataModule":
+        from .datamodule import TrashDataModule
+
+        return TrashDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
