@@ -24,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .classes import CLASSES
+from .coco import decode, segmentation_to_rle
 
 BATCHES = ("batch_01_vt", "batch_02_vt", "batch_03")
 # (base RGB, texture, shape) per class 1..10: each property alone nearly separates classes.
@@ -107,10 +108,16 @@ def _shape(kind: str, cx: float, cy: float, r: float, rng: np.random.Generator) 
     return np.stack([cx + radius * np.cos(t + angle), cy + radius * np.sin(t + angle)], 1)
 
 
-def _fill(polygons: list[np.ndarray], size: int) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(mask, [np.round(p * 16).astype(np.int32) for p in polygons], 1, lineType=cv2.LINE_8, shift=4)
-    return mask
+def _polygon_segmentation(polygons: list[np.ndarray], size: int) -> list[list[float]]:
+    """COCO polygon lists as stored in the JSON: clipped to the image, 0.1 px precision."""
+    return [np.round(np.clip(p, 0, size), 1).ravel().tolist() for p in polygons]
+
+
+def _rasterize(segmentation: list[list[float]], size: int) -> np.ndarray:
+    """The object's mask exactly as the loader will rasterise the stored polygons, so the
+    picture, `area` and the training labels agree pixel for pixel."""
+    rle = segmentation_to_rle(segmentation, size, size)
+    return np.zeros((size, size), np.uint8) if rle is None else decode(rle)
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict:
@@ -156,23 +163,25 @@ def _objects(k: int, size: int, rng: np.random.Generator) -> list[dict]:
             storage = "rle"
         elif j == 0 and k % 7 == 2:
             storage = "rle_uncompressed"
-        objects.append({"label": int(label), "polygons": polygons, "mask": _fill(polygons, size),
+        polygon_seg = _polygon_segmentation(polygons, size)
+        objects.append({"label": int(label), "polygons": polygon_seg, "mask": _rasterize(polygon_seg, size),
                         "storage": storage, "iscrowd": 0, "centre": (cx, cy)})
     if k % 6 == 3:  # a crowd region: a cluster of small blobs of one class, one RLE annotation
         label = int(rng.integers(1, 11))
         cx, cy = rng.uniform(size * 0.2, size * 0.8, 2)
         blobs = [_shape("blob", cx + dx, cy + dy, size * 0.04, rng) for dx, dy in rng.normal(0, size * 0.06, (5, 2))]
-        objects.append({"label": label, "polygons": blobs, "mask": _fill(blobs, size),
+        blob_seg = _polygon_segmentation(blobs, size)
+        objects.append({"label": label, "polygons": blob_seg, "mask": _rasterize(blob_seg, size),
                         "storage": "rle_uncompressed", "iscrowd": 1, "centre": (cx, cy)})
     return [o for o in objects if o["mask"].any()]
 
 
-def _segmentation(obj: dict, size: int):
+def _segmentation(obj: dict) -> list | dict:
     if obj["storage"] == "rle":
         return _compressed_rle(obj["mask"])
     if obj["storage"] == "rle_uncompressed":
         return _uncompressed_rle(obj["mask"])
-    return [np.round(np.clip(p, 0, size), 1).ravel().tolist() for p in obj["polygons"]]
+    return obj["polygons"]
 
 
 def _render(objects: list[dict], size: int, rng: np.random.Generator) -> np.ndarray:
@@ -195,10 +204,8 @@ def generate_dataset(
 ) -> Path:
     """Write the dataset into `out` (built in a temporary folder, renamed when complete)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for batch in BATCHES:
@@ -223,7 +230,7 @@ def generate_dataset(
         for obj in objects:
             splits[split]["annotations"].append({
                 "id": ann_id, "image_id": image_id, "category_id": obj["label"],
-                "segmentation": _segmentation(obj, size), "area": float(obj["mask"].sum()),
+                "segmentation": _segmentation(obj), "area": float(obj["mask"].sum()),
                 "bbox": _bbox(obj["mask"]), "iscrowd": obj["iscrowd"],
             })
             ann_id += 1
@@ -233,8 +240,8 @@ def generate_dataset(
         coco = {"info": info, "images": split["images"], "annotations": split["annotations"], "categories": categories}
         (tmp / f"{name}.json").write_text(json.dumps(coco))
     (tmp / "sample_submission.csv").write_text("image_id,PredictionString\n")
-    if out.exists():  # an empty folder
-        out.rmdir()
+    if out.exists():  # replaced only now: a crash above leaves the old dataset intact
+        shutil.rmtree(out)
     tmp.rename(out)
     return out
 
