@@ -54,12 +54,12 @@ def load_local(encoder: nn.Module, path: str | Path, remap: Callable[[dict], dic
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = strip_prefixes(state)
-    if remap is not None:
-        state = remap(state)
-    result = encoder.load_state_dict(state, strict=False)
-    loaded = len(state) - len(result.unexpected_keys)
+    usable = remap(state) if remap is not None else state
+    result = encoder.load_state_dict(usable, strict=False)
+    unexpected = sorted(set(state) - set(usable)) + list(result.unexpected_keys)
+    loaded = len(usable) - len(result.unexpected_keys)
     log.warning("loaded %d tensors from %s into the encoder; missing %d: %s; unexpected %d: %s", loaded, path,
-                len(result.missing_keys), result.missing_keys[:8], len(result.unexpected_keys), result.unexpected_keys[:8])
+                len(result.missing_keys), result.missing_keys[:8], len(unexpected), unexpected[:8])
     if loaded == 0:
         raise ValueError(f"{path}: no tensor matches the encoder's parameters (is it weights for another backbone?)")
 
