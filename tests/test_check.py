@@ -62,7 +62,23 @@ def duplicate_id(root, coco):
     return "duplicate image id"
 
 
-@pytest.mark.parametrize("breakage", [delete_image, truncate_image, wrong_width, unknown_category, duplicate_id])
+def duplicate_annotation_id(root, coco):
+    edit_json(root, lambda c: c["annotations"][1].update(id=c["annotations"][0]["id"]))
+    return "duplicate annotation id"
+
+
+def duplicate_file_name(root, coco):
+    edit_json(root, lambda c: c["images"][1].update(file_name=c["images"][0]["file_name"]))
+    return "duplicate file name"
+
+
+def annotation_on_unknown_image(root, coco):
+    edit_json(root, lambda c: c["annotations"][0].update(image_id=10**6))
+    return "no image with this id"
+
+
+@pytest.mark.parametrize("breakage", [delete_image, truncate_image, wrong_width, unknown_category, duplicate_id,
+                                      duplicate_annotation_id, duplicate_file_name, annotation_on_unknown_image])
 def test_each_breakage_is_an_error(copy, breakage, capsys):
     coco = json.loads((copy / "train.json").read_text())
     expected = breakage(copy, coco)
@@ -81,6 +97,26 @@ def test_degenerate_polygon_is_a_warning(copy):
     edit_json(copy, add_two_point_part)
     report = check_dataset(copy, "train.json")
     assert report.ok and "fewer than 3 points" in report.warnings["degenerate polygon"][0]
+    assert main(["--root", str(copy), "--ann", "train.json"]) == 0  # warnings alone do not fail
+
+
+def test_image_without_annotations_is_a_warning(copy):
+    coco = edit_json(copy, lambda c: c.update(annotations=[a for a in c["annotations"]
+                                                             if a["image_id"] != c["images"][0]["id"]]))
+    report = check_dataset(copy, "train.json")
+    assert report.ok and report.warnings["no annotations"] == [
+        f"image {coco['images'][0]['id']} ({coco['images'][0]['file_name']}) has no annotations"]
+
+
+def test_long_problem_lists_are_cut(copy, capsys):
+    edit_json(copy, lambda c: [im.update(width=99) for im in c["images"]])
+    assert main(["--root", str(copy), "--ann", "train.json"]) == 1
+    assert "... and 14 more" in capsys.readouterr().out  # 24 images, 10 shown
+
+
+def test_real_sample_passes(recycle_sample):
+    report = check_dataset(recycle_sample, "train.json")
+    assert report.ok and report.images == 50 and report.annotations == 404
 
 
 def test_cli_exit_code(copy):

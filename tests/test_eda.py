@@ -1,6 +1,7 @@
 """EDA on a hand-made COCO file whose statistics are known exactly."""
 
 import json
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -41,3 +42,21 @@ def test_two_overlapping_squares(tmp_path, capsys):
     for png in ("class_pixel_share.png", "class_instances.png", "objects_per_image.png", "overlap_pairs.png"):
         with Image.open(out / png) as image:
             assert image.size[0] > 500 and len(np.unique(np.asarray(image.convert("L")))) > 5
+
+
+def test_synthetic_set_counts_match_the_json(synthetic_root, tmp_path):
+    coco = json.loads((synthetic_root / "train.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    expected = Counter(names[a["category_id"]] for a in coco["annotations"])
+    assert main(["--root", str(synthetic_root), "--ann", "train.json", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    for name, n in expected.items():
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} "))
+        assert int(row.split("|")[3]) == n
+    overlapping = int(report.split("images with overlapping objects")[1].split("|")[1])
+    assert overlapping >= 3  # the generator puts an overlap in every third image
+
+
+def test_runs_on_the_real_sample(recycle_sample, tmp_path):
+    assert main(["--root", str(recycle_sample), "--ann", "val.json", "--out", str(tmp_path)]) == 0
+    assert "10 images, 103 objects" in (tmp_path / "report.md").read_text()

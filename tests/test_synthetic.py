@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trashseg.data import CLASSES, CocoSegmentationDataset
+from trashseg.data.coco import decode, segmentation_to_rle
 from trashseg.data.synthetic import BATCHES, generate_dataset
 
 
@@ -74,8 +75,19 @@ def test_deterministic_for_a_seed(tmp_path):
     for name in ("train.json", "val.json", "test.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / "train.json").read_bytes() != (c / "train.json").read_bytes()
-    first = load(a, "train")["images"][0]["file_name"]
-    assert (a / first).read_bytes() == (b / first).read_bytes()
+    for image in load(a, "train_all")["images"] + load(a, "test")["images"]:
+        assert (a / image["file_name"]).read_bytes() == (b / image["file_name"]).read_bytes()
+
+
+def test_area_and_bbox_match_the_loaders_masks(synthetic_root):
+    """`area`/`bbox` describe the mask the loader rasterises, not an approximation of it."""
+    coco = load(synthetic_root, "train_all")
+    sizes = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
+    for ann in coco["annotations"]:
+        mask = decode(segmentation_to_rle(ann["segmentation"], *sizes[ann["image_id"]]))
+        ys, xs = np.nonzero(mask)
+        assert ann["area"] == mask.sum()
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
 
 
 def test_refuses_to_overwrite_and_cli(tmp_path):

@@ -40,6 +40,14 @@ class Report:
         self.warnings.setdefault(kind, []).append(message)
 
     @property
+    def n_errors(self) -> int:
+        return sum(map(len, self.errors.values()))
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(map(len, self.warnings.values()))
+
+    @property
     def ok(self) -> bool:
         return not self.errors
 
@@ -116,18 +124,17 @@ def check_dataset(root: str | Path, ann_file: str | Path, classes=CLASSES) -> Re
     return report
 
 
-def format_report(report: Report, ann_path: Path) -> str:
+def format_report(report: Report, ann_path: Path, classes: list[str]) -> str:
     lines = [f"{ann_path}: {report.images} images, {report.annotations} annotations"]
-    if report.instances:
-        lines.append("instances: " + ", ".join(f"{name} {n}" for name, n in sorted(report.instances.items())))
+    if report.annotations:  # zeros shown too: a class missing from a split is worth seeing
+        lines.append("instances: " + ", ".join(f"{name} {report.instances[name]}" for name in classes[1:]))
     for title, groups in (("ERROR", report.errors), ("warning", report.warnings)):
         for kind, messages in groups.items():
             lines.append(f"{title} ({kind}, {len(messages)}):")
             lines += [f"  {m}" for m in messages[:SHOWN_PER_KIND]]
             if len(messages) > SHOWN_PER_KIND:
                 lines.append(f"  ... and {len(messages) - SHOWN_PER_KIND} more")
-    n_errors, n_warnings = sum(map(len, report.errors.values())), sum(map(len, report.warnings.values()))
-    lines.append(f"{'FAILED' if n_errors else 'OK'}: {n_errors} errors, {n_warnings} warnings")
+    lines.append(f"{'FAILED' if report.n_errors else 'OK'}: {report.n_errors} errors, {report.n_warnings} warnings")
     return "\n".join(lines)
 
 
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_report(report, args.root / args.ann))
+    print(format_report(report, args.root / args.ann, args.classes))
     return 0 if report.ok else 1
 
 

@@ -32,7 +32,7 @@ STYLES = {
     1: ((120, 100, 80), "speckle", "blob"),
     2: ((235, 230, 210), "stripes", "rectangle"),
     3: ((60, 160, 200), "checker", "hexagon"),
-    4: ((150, 155, 170), "gradient", "circle"),
+    4: ((185, 190, 210), "gradient", "circle"),
     5: ((90, 200, 120), "dots", "ellipse"),
     6: ((230, 60, 40), "solid", "star"),
     7: ((250, 250, 245), "noise", "rounded"),
@@ -68,7 +68,7 @@ def _texture(kind: str, base: tuple[int, int, int], size: int, rng: np.random.Ge
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = rng.uniform(90, 150) + 30 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
+    base = rng.uniform(70, 130) + 30 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
     tint = rng.uniform(-12, 12, 3)
     image = base[..., None] + tint + rng.normal(0, 10, (size, size, 3))
     return np.clip(cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.0), 0, 255)
@@ -199,10 +199,50 @@ def _categories(rng: np.random.Generator) -> list[dict]:
     return [{"id": int(i), "name": CLASSES[i], "supercategory": CLASSES[i]} for i in order]
 
 
+def _write_image(path: Path, image: np.ndarray) -> None:
+    # cv2 writes BGR; it reports a failed write only through its return value.
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]):
+        raise OSError(f"could not write {path}; check that the output folder is writable")
+
+
+def _annotation(ann_id: int, image_id: int, obj: dict) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": obj["label"], "segmentation": _segmentation(obj),
+            "area": float(obj["mask"].sum()), "bbox": _bbox(obj["mask"]), "iscrowd": obj["iscrowd"]}
+
+
+def _write_splits(root: Path, n_train: int, n_val: int, n_test: int, size: int, seed: int) -> None:
+    """Images into the batch folders, then train/val/train_all/test JSON and the sample CSV."""
+    rng = np.random.default_rng(seed)
+    total = n_train + n_val + n_test
+    image_ids = np.sort(rng.choice(np.arange(3 * total + 10), size=total, replace=False))  # gaps between ids
+    categories = _categories(rng)
+    splits = {name: {"images": [], "annotations": []} for name in ("train", "val", "test")}
+    ann_id = 1
+    for k in range(total):
+        split = "train" if k < n_train else "val" if k < n_train + n_val else "test"
+        objects = _objects(k, size, rng)
+        file_name = f"{BATCHES[int(rng.integers(len(BATCHES)))]}/{k:04d}.jpg"
+        _write_image(root / file_name, _render(objects, size, rng))
+        image_id = int(image_ids[k])
+        splits[split]["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        if split == "test":  # the test split ships without annotations, as in the competition
+            continue
+        for obj in objects:
+            splits[split]["annotations"].append(_annotation(ann_id, image_id, obj))
+            ann_id += 1
+    splits["train_all"] = {key: splits["train"][key] + splits["val"][key] for key in ("images", "annotations")}
+    info = {"description": f"trashseg synthetic dataset, seed {seed}", "version": "1.0"}
+    for name, split in splits.items():
+        coco = {"info": info, "images": split["images"], "annotations": split["annotations"], "categories": categories}
+        (root / f"{name}.json").write_text(json.dumps(coco))
+    (root / "sample_submission.csv").write_text("image_id,PredictionString\n")
+
+
 def generate_dataset(
     out: str | Path, n_train: int = 200, n_val: int = 50, n_test: int = 50, size: int = 128, seed: int = 0, force: bool = False
 ) -> Path:
-    """Write the dataset into `out` (built in a temporary folder, renamed when complete)."""
+    """Write the dataset into `out`: built in `out.tmp-<pid>` and renamed only when complete,
+    so a crash never leaves a dataset that looks whole (nor destroys the one it replaces)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
@@ -210,37 +250,12 @@ def generate_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     for batch in BATCHES:
         (tmp / batch).mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    total = n_train + n_val + n_test
-    image_ids = np.sort(rng.choice(np.arange(3 * total + 10), size=total, replace=False))  # gaps between ids
-    categories = _categories(rng)
-    splits = {"train": {"images": [], "annotations": []}, "val": {"images": [], "annotations": []},
-              "test": {"images": [], "annotations": []}}
-    ann_id = 1
-    for k in range(total):
-        split = "train" if k < n_train else "val" if k < n_train + n_val else "test"
-        objects = _objects(k, size, rng)
-        file_name = f"{BATCHES[int(rng.integers(len(BATCHES)))]}/{k:04d}.jpg"
-        image = _render(objects, size, rng)
-        cv2.imwrite(str(tmp / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        image_id = int(image_ids[k])
-        splits[split]["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        if split == "test":
-            continue
-        for obj in objects:
-            splits[split]["annotations"].append({
-                "id": ann_id, "image_id": image_id, "category_id": obj["label"],
-                "segmentation": _segmentation(obj), "area": float(obj["mask"].sum()),
-                "bbox": _bbox(obj["mask"]), "iscrowd": obj["iscrowd"],
-            })
-            ann_id += 1
-    splits["train_all"] = {key: splits["train"][key] + splits["val"][key] for key in ("images", "annotations")}
-    info = {"description": f"trashseg synthetic dataset, seed {seed}", "version": "1.0"}
-    for name, split in splits.items():
-        coco = {"info": info, "images": split["images"], "annotations": split["annotations"], "categories": categories}
-        (tmp / f"{name}.json").write_text(json.dumps(coco))
-    (tmp / "sample_submission.csv").write_text("image_id,PredictionString\n")
-    if out.exists():  # replaced only now: a crash above leaves the old dataset intact
+    try:
+        _write_splits(tmp, n_train, n_val, n_test, size, seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
