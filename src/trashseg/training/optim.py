@@ -1,0 +1,68 @@
+"""Optimizer by name from torch.optim and schedulers that scale each group's own lr.
+
+Every schedule is one multiplier of the step (LambdaLR), applied to each group's initial lr,
+so the ratios between groups stay fixed; an optional linear warm-up precedes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .param_groups import build_param_groups
+
+
+def build_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
+    cfg = dict(cfg)
+    name = cfg.pop("name")
+    cls = getattr(torch.optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"unknown optimizer {name!r}; use a torch.optim class name such as SGD, Adam, AdamW")
+    groups = build_param_groups(
+        model, cfg.pop("lr"), cfg.pop("weight_decay", 0.0), cfg.pop("groups", None) or [],
+        cfg.pop("no_decay_norm_bias", False), cfg.pop("strict", False),
+    )
+    extra = cfg.pop("params", None) or {}
+    if cfg:
+        raise ValueError(f"unknown optimizer keys {sorted(cfg)}; put {name}'s own arguments under optimizer.params")
+    return cls(groups, **extra)
+
+
+def multiplier(cfg: Mapping, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """lr multiplier per optimizer step for scheduler `cfg` (a mapping with `name`)."""
+    name = cfg["name"]
+    warmup = int(cfg.get("warmup_steps", 0) or 0) + int(cfg.get("warmup_epochs", 0) or 0) * steps_per_epoch
+    main_steps = max(total_steps - warmup, 1)
+    floor = cfg.get("min_lr_ratio", 0.0)
+
+    def schedule(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if name == "poly":
+            return (1 - min(step, main_steps) / main_steps) ** cfg.get("power", 0.9)
+        if name == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, main_steps) / main_steps))
+        if name == "cosine_restarts":
+            cycle = max(main_steps // cfg.get("cycles", 3), 1)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step % cycle) / cycle))
+        if name == "step":
+            return cfg.get("gamma", 0.1) ** (step // (cfg["step_size_epochs"] * steps_per_epoch))
+        if name == "multistep":
+            return cfg.get("gamma", 0.1) ** sum(step >= m * steps_per_epoch for m in cfg["milestones_epochs"])
+        raise ValueError(f"unknown scheduler {name!r}; choose constant, step, multistep, poly, cosine or cosine_restarts")
+
+    schedule(0)  # fail now, not at the first step, on an unknown name or a missing key
+
+    def with_warmup(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return schedule(step - warmup)
+
+    return with_warmup
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping, total_steps: int, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier(cfg, total_steps, steps_per_epoch))
