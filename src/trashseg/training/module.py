@@ -1,0 +1,113 @@
+"""The LightningModule: normalise on the device, loss (with optional aux head), the
+competition metric on validation, optimizer groups and a per-step schedule."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+from trashseg.data.normalize import Normalize
+from trashseg.models import build_model
+
+from .losses import WeightedLoss
+from .metric import SegmentationMetric
+from .optim import build_optimizer, build_scheduler
+from .param_groups import groups_table
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+class SegmentationModule(L.LightningModule):
+    def __init__(self, cfg: dict):
+        """`cfg`: the resolved run config as plain containers (stored in every checkpoint)."""
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.classes = list(cfg["data"]["classes"])
+        self.model = build_model(cfg["model"], len(self.classes))
+        self.normalize = Normalize(cfg["data"]["mean"], cfg["data"]["std"])
+        self.criterion = WeightedLoss(cfg["loss"]["terms"])
+        self.aux_weight = float(cfg["loss"].get("aux_weight", 0.4))
+        self.val_metric = SegmentationMetric(len(self.classes), self.classes)
+        self.overlays_wanted = int(cfg.get("logger", {}).get("wandb", {}).get("overlays", 0) or 0)
+        self.overlay_batch: dict | None = None
+        self._resumed_rng: dict | None = None
+
+    def forward(self, images: torch.Tensor):
+        x = self.normalize(images)
+        if x.is_cuda:  # channels_last speeds up convolutions with cuDNN / tensor cores
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def _loss(self, out, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(out, dict):
+            return self.criterion(out["out"], target) + self.aux_weight * self.criterion(out["aux"], target)
+        return self.criterion(out, target)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch["image"]), batch["mask"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at epoch {self.current_epoch} step {self.global_step}; training stopped and "
+                "the last good checkpoint is kept (checkpoints/last.ckpt). Lower optimizer.lr, add gradient clipping "
+                "(trainer.gradient_clip_val) or use precision 32-true"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        optimizer = self.optimizers().optimizer if hasattr(self.optimizers(), "optimizer") else self.optimizers()
+        self.log_dict({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        target = batch["mask"]
+        self.log("val/loss", self._loss(logits, target), on_epoch=True, sync_dist=True, batch_size=len(target))
+        preds = logits.argmax(1)
+        self.val_metric.update(preds, target)
+        if batch_idx == 0 and self.overlays_wanted:
+            n = self.overlays_wanted
+            self.overlay_batch = {"image": batch["image"][:n].cpu(), "mask": target[:n].cpu(), "pred": preds[:n].cpu()}
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.val_metric.compute()
+        self.log_dict({f"val/{k}": v.float() for k, v in results.items()}, sync_dist=False)
+        self.last_confusion = self.val_metric.confusion.detach().cpu()
+        self.val_metric.reset()
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.cfg["optimizer"])
+        if self.trainer.is_global_zero:
+            print("optimizer groups:\n" + groups_table(optimizer.param_groups))
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        scheduler = build_scheduler(optimizer, self.cfg["scheduler"], total, per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # RNG state travels with the checkpoint (as tensors and ints, loadable with weights_only=True),
+    # so a resumed run draws the same augmentations as an uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+        wandb_id = getattr(self, "wandb_run_id", None)
+        if wandb_id:
+            checkpoint["wandb_run_id"] = wandb_id
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_rng = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # Applied here, after the sanity check, which would otherwise consume random numbers.
+        if self._resumed_rng:
+            rng = self._resumed_rng
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            kind, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            self._resumed_rng = None

@@ -1,0 +1,32 @@
+"""Train a segmentation model from the Hydra configs in configs/.
+
+    python train.py experiment=quickstart
+    python train.py experiment=fcn8s_vgg16 optimizer.lr=1e-3 trainer.max_epochs=30
+    python train.py -m experiment=quickstart optimizer.lr=1e-3,3e-4      # one run folder each
+    python train.py experiment=quickstart resume=auto                    # continue the newest run
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from trashseg.training.config_check import ConfigError
+    from trashseg.training.module import NonFiniteLossError
+    from trashseg.training.run import train
+
+    try:
+        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("val/mIoU", float("nan"))  # for Hydra sweepers
+
+
+if __name__ == "__main__":
+    main()
