@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.nn import functional as F
@@ -37,6 +38,16 @@ def pad_collate(items: list[dict]) -> dict:
     return default_collate(items)
 
 
+class SeededSampler(DistributedSampler):
+    """A shuffling DistributedSampler that hands each index with its own augmentation seed,
+    a function of (seed, epoch, index) only: augmentations are the same whatever the number
+    of workers, and a resumed run draws exactly those of an uninterrupted one."""
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0] >> 1)
+
+
 def _world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
@@ -47,8 +58,8 @@ class TrashDataModule(L.LightningDataModule):
     """Builds the datasets of one data config; see docs/CONTRACTS.md for the batch format.
 
     Samplers are ours, so the Trainer runs with `use_distributed_sampler=False`:
-    train uses a seeded DistributedSampler even on one process (the order is a function of
-    seed and epoch, which makes a resumed run see the same batches), val/test never pad,
+    train uses a seeded DistributedSampler even on one process (order and augmentations are a
+    function of seed and epoch, which makes a resumed run see the same batches), val/test never pad,
     so no sample is counted twice by the metric under DDP.
     """
 
@@ -132,7 +143,7 @@ class TrashDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = _world()
-        sampler = DistributedSampler(self.dataset("train"), num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        sampler = SeededSampler(self.dataset("train"), num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return self._loader("train", sampler, self.batch_size, self.drop_last)
 
     def _eval_loader(self, split: str) -> DataLoader:

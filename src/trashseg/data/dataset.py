@@ -135,11 +135,13 @@ class CocoSegmentationDataset(Dataset):
             )
         return image
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """`key`: an index, or (index, augmentation seed) from the training sampler."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.read_image(index)
         mask = None if self.mode == "test" else self.mask(index)
         if self.transforms is not None:
-            image, mask = self._augment(image, mask)
+            image, mask = self._augment(image, mask, seed)
         item = {
             "image": image,
             "id": int(self.ids[index]),
@@ -150,10 +152,10 @@ class CocoSegmentationDataset(Dataset):
             item["mask"] = torch.from_numpy(mask)
         return item
 
-    def _augment(self, image: torch.Tensor, mask: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray | None]:
-        # Draw the augmentation seed from torch: DataLoader seeds torch differently per
-        # worker and epoch, while albumentations' own state would repeat in every worker.
-        self.transforms.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    def _augment(self, image: torch.Tensor, mask: np.ndarray | None, seed: int | None) -> tuple[torch.Tensor, np.ndarray | None]:
+        # A seed per item: albumentations' own state would repeat in every DataLoader worker.
+        # Without one from the sampler, draw it from torch, which DataLoader seeds per worker.
+        self.transforms.set_random_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
         out = self.transforms(image=hwc) if mask is None else self.transforms(image=hwc, mask=mask)
         chw = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))

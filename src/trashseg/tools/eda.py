@@ -136,7 +136,7 @@ def run_eda(root: Path, ann: Path, out: Path, classes=CLASSES, overlap: str = "a
     charts = plot_all(table, stats, list(classes), out)
     report = [
         f"# EDA of {root / ann}", "", f"{len(ds)} images, {len(stats['objects'])} objects, overlap policy `{overlap}`.", "",
-        "## Classes", "", table.to_markdown(), "",
+        "## Classes", "", table.to_markdown(), "", "Background is no object class: only its pixel share applies.", "",
         "## Objects per image", "", per_image.to_frame("objects").to_markdown(floatfmt=".2f"), "",
         "## Image sizes", "", sizes.to_markdown(index=False), "",
         "## Overlaps", "", summary.to_markdown(), "", "Class pairs that overlap (top 15):", "",

@@ -26,7 +26,7 @@ class SegmentationModule(L.LightningModule):
     def __init__(self, cfg: dict):
         """`cfg`: the resolved run config as plain containers (stored in every checkpoint)."""
         super().__init__()
-        self.save_hyperparameters({"cfg": cfg})
+        self.save_hyperparameters({"cfg": cfg}, logger=False)  # loggers get the flat config instead
         self.cfg = cfg
         self.classes = list(cfg["data"]["classes"])
         self.model = build_model(cfg["model"], len(self.classes))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -53,6 +54,26 @@ def write_yaml(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def keep_earlier_metrics(run_dir: Path, ckpt: Path | None):
+    """Lightning's CSV logger starts metrics.csv afresh; on resume, set the earlier rows aside
+    (those before the checkpoint's epoch) and return a function that puts them back in front."""
+    metrics = run_dir / "metrics.csv"
+    if ckpt is None or not metrics.is_file():
+        return lambda: None
+    start = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
+    earlier = pd.read_csv(metrics)
+    earlier = earlier[earlier["epoch"] <= start]
+
+    def restore() -> None:
+        later = pd.read_csv(metrics) if metrics.is_file() else earlier.iloc[0:0]
+        merged = pd.concat([earlier, later[later["epoch"] > start]], ignore_index=True)
+        tmp = metrics.with_suffix(".tmp")
+        merged.to_csv(tmp, index=False)
+        os.replace(tmp, metrics)
+
+    return restore
+
+
 def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")] if cfg["logger"]["csv"] else []
     wb = cfg["logger"]["wandb"]
@@ -64,6 +85,10 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
             config={k: (str(v) if isinstance(v, list) else v) for k, v in flat.items()},
         ))
     return loggers
+
+
+# The run folder already holds config.yaml when the CSV logger starts; resume is handled above.
+warnings.filterwarnings("ignore", "Experiment logs directory .* exists and is not empty")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -91,5 +116,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                                   save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
     trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
                         callbacks=[checkpoints, WandbMedia()], use_distributed_sampler=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    restore_metrics = keep_earlier_metrics(run_dir, ckpt)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    finally:
+        restore_metrics()
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

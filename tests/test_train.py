@@ -1,0 +1,134 @@
+"""train.py's engine end to end on tiny synthetic data: run folder, resume, typos, NaN, DDP."""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+from trashseg.training import run as run_module
+from trashseg.training.config_check import ConfigError
+from trashseg.training.module import NonFiniteLossError, SegmentationModule
+from trashseg.data.datamodule import TrashDataModule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config(synthetic_root, tmp_path, *overrides):
+    base = [
+        "experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.batch_size=4",
+        "data.val_batch_size=3", "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "logger=csv",
+        f"runs_dir={tmp_path / 'runs'}", "model.decoder.decoder_channels=[32,16,16,8,8]",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=base + list(overrides))
+
+
+def test_quickstart_writes_the_run_folder(synthetic_root, tmp_path):
+    cfg = config(synthetic_root, tmp_path, "logger=default", "trainer.max_epochs=2")
+    run_dir = tmp_path / "runs" / "quickstart" / "one"
+    metrics = run_module.train(cfg, run_dir)
+    for name in ("config.yaml", "metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "wandb").glob("offline-run-*"))  # W&B wrote offline, no network
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(synthetic_root) and saved["experiment_name"] == "quickstart"
+    table = pd.read_csv(run_dir / "metrics.csv")
+    val = table.dropna(subset=["val/mIoU"])
+    assert list(val["epoch"]) == [0, 1] and "val/IoU/Battery" in table and "lr/default" in table
+    assert 0 <= metrics["val/mIoU"] <= 1
+    ckpt = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["cfg"]["data"]["classes"][10] == "Clothing"
+    assert any(k.startswith("model.encoder.") for k in ckpt["state_dict"])
+    best_epoch = int(val.loc[val["val/mIoU"].idxmax(), "epoch"])
+    assert ckpt["epoch"] == best_epoch  # best.ckpt holds the epoch with the highest val mIoU
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_resume_gives_identical_weights(synthetic_root, tmp_path, monkeypatch):
+    deterministic = ["trainer.deterministic=true", "trainer.max_epochs=2"]  # with augmentation (flip)
+    straight = tmp_path / "runs" / "quickstart" / "straight"
+    run_module.train(config(synthetic_root, tmp_path, *deterministic), straight)
+
+    def interrupt_after_first_epoch(self):
+        self.trainer.should_stop = True  # as if the job were killed after epoch 0's checkpoint
+
+    first = tmp_path / "runs" / "quickstart" / "first"
+    with monkeypatch.context() as patch:
+        patch.setattr(SegmentationModule, "on_train_epoch_end", interrupt_after_first_epoch, raising=False)
+        run_module.train(config(synthetic_root, tmp_path, *deterministic), first)
+    resumed_ckpt = first / "checkpoints" / "last.ckpt"
+    assert torch.load(resumed_ckpt, weights_only=True)["epoch"] == 0
+    run_module.train(config(synthetic_root, tmp_path, f"resume={resumed_ckpt}", *deterministic),
+                     tmp_path / "runs" / "quickstart" / "unused")
+    a, b = weights(straight / "checkpoints/last.ckpt"), weights(resumed_ckpt)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not (tmp_path / "runs" / "quickstart" / "unused").exists()
+    # metrics.csv of the resumed run holds both epochs, like the uninterrupted one
+    val = lambda run: pd.read_csv(run / "metrics.csv").dropna(subset=["val/mIoU"])  # noqa: E731
+    assert list(val(first)["epoch"]) == [0, 1]
+    assert val(first)["val/mIoU"].tolist() == pytest.approx(val(straight)["val/mIoU"].tolist(), abs=1e-7)
+
+
+def test_resume_auto_finds_the_newest_run(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("old", "new"):
+        (runs / "exp" / name / "checkpoints").mkdir(parents=True)
+        (runs / "exp" / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    found = run_module.find_resume_checkpoint("auto", runs, "exp", runs / "exp" / "current")
+    assert found == runs / "exp" / "new" / "checkpoints" / "last.ckpt"
+    with pytest.raises(FileNotFoundError, match="no earlier run of 'other'"):
+        run_module.find_resume_checkpoint("auto", runs, "other", runs / "x")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+optimizer.lrr=0.1", "unknown config key 'optimizer.lrr'; did you mean optimizer.lr"),
+    ("+trainer.max_epoch=3", "did you mean trainer.max_epochs"),
+    ("+data.batchsize=3", "did you mean data.batch_size"),
+    ("+model.encoder=resnet18", "unknown config key 'model.encoder'; did you mean model.decoder, model.encoder_name"),
+])
+def test_config_typo_fails_before_training(synthetic_root, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        run_module.train(config(synthetic_root, tmp_path, override), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "quickstart" / "nan"
+    original = SegmentationModule._loss
+
+    def poisoned(self, out, target):
+        loss = original(self, out, target)
+        return loss * math.nan if self.training and self.current_epoch == 1 else loss
+
+    monkeypatch.setattr(SegmentationModule, "_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1 .*last good checkpoint is kept"):
+        run_module.train(config(synthetic_root, tmp_path, "trainer.max_epochs=3"), run_dir)
+    last = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
+    """10 val images, batch 3, 2 gloo processes: no image counted twice, exactly the same mIoU."""
+    cfg = run_module.plain_config(config(synthetic_root, tmp_path))
+    torch.manual_seed(0)
+    module = SegmentationModule(cfg)
+    results = []
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        datamodule = TrashDataModule(**cfg["data"], augment=cfg["augment"])
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
+                            use_distributed_sampler=False, enable_model_summary=False)
+        results.append(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    single, ddp = results
+    assert ddp["val/mIoU"] == pytest.approx(single["val/mIoU"], abs=1e-7)
+    assert ddp["val/pixel_acc"] == pytest.approx(single["val/pixel_acc"], abs=1e-7)
+    assert ddp["val/mIoU_per_image"] == pytest.approx(single["val/mIoU_per_image"], abs=1e-7)
