@@ -132,3 +132,16 @@ def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
     assert ddp["val/mIoU"] == pytest.approx(single["val/mIoU"], abs=1e-7)
     assert ddp["val/pixel_acc"] == pytest.approx(single["val/pixel_acc"], abs=1e-7)
     assert ddp["val/mIoU_per_image"] == pytest.approx(single["val/mIoU_per_image"], abs=1e-7)
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_passes_the_key_check(name):
+    from trashseg.training.config_check import check_config
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={name}"])
+    check_config(cfg)
+    assert cfg.experiment_name == name
