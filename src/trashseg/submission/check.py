@@ -1,0 +1,54 @@
+"""Check a submission CSV against test.json before spending one of the day's uploads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .csv_format import HEADER, SUBMISSION_SIZE
+
+MAX_FAULTS_SHOWN = 10
+
+
+def check_submission(csv_path: str | Path, test_json: str | Path, num_classes: int = 11,
+                     size: int = SUBMISSION_SIZE) -> list[str]:
+    """One line per fault; empty when the file is valid."""
+    expected = [im["file_name"] for im in json.loads(Path(test_json).read_text())["images"]]
+    tokens = size * size
+    faults: list[str] = []
+    csv.field_size_limit(sys.maxsize)
+    with open(csv_path, newline="") as f:
+        header = f.readline().rstrip("\r\n")
+        if header != HEADER:
+            return [f"bad header {header[:60]!r}; expected {HEADER!r}"]
+        rows = 0
+        for line_no, row in enumerate(csv.reader(f), start=2):
+            rows += 1
+            if len(row) != 2:
+                faults.append(f"line {line_no}: {len(row)} fields, expected 2")
+                continue
+            image_id, prediction = row
+            if rows <= len(expected) and image_id != expected[rows - 1]:
+                where = "not in test.json" if image_id not in expected else f"out of order (test.json has it at row {expected.index(image_id) + 1})"
+                faults.append(f"line {line_no}: image_id {image_id!r} {where}; expected {expected[rows - 1]!r}")
+            values = prediction.split()
+            if len(values) != tokens:
+                faults.append(f"line {line_no}: {len(values)} labels, expected {tokens} ({size}x{size})")
+            bad = [v for v in set(values) if not v.isdigit() or int(v) >= num_classes]
+            if bad:
+                faults.append(f"line {line_no}: labels {sorted(bad)[:5]} outside 0..{num_classes - 1}")
+    if rows != len(expected):
+        faults.append(f"{rows} rows, test.json has {len(expected)} images")
+    return faults
+
+
+def main(args) -> int:
+    faults = check_submission(args.file, args.test_json, args.num_classes, args.size)
+    for fault in faults[:MAX_FAULTS_SHOWN]:
+        print(f"  {fault}")
+    if len(faults) > MAX_FAULTS_SHOWN:
+        print(f"  ... and {len(faults) - MAX_FAULTS_SHOWN} more")
+    print(f"INVALID: {args.file}: {len(faults)} faults" if faults else f"OK: {args.file} is a valid submission")
+    return 1 if faults else 0
