@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 HEADER = "image_id,PredictionString"
 SUBMISSION_SIZE = 256
+csv.field_size_limit(sys.maxsize)  # a PredictionString is ~131k characters, over csv's default limit
 
 
 def to_submission_size(labels: np.ndarray, size: int = SUBMISSION_SIZE) -> np.ndarray:
