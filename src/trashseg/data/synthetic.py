@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from trashseg.cli import run_or_report
+
 from .classes import CLASSES
 from .coco import decode, segmentation_to_rle
 
@@ -271,13 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
     args = parser.parse_args(argv)
-    try:
+    def generate() -> str:
         out = generate_dataset(args.out, args.train, args.val, args.test, args.size, args.seed, args.force)
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.train} train, {args.val} val, {args.test} test images of {args.size}px to {out}")
-    return 0
+        return f"wrote {args.train} train, {args.val} val, {args.test} test images of {args.size}px to {out}"
+
+    return run_or_report(generate, error_code=2)
 
 
 if __name__ == "__main__":

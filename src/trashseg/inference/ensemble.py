@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from trashseg.cli import run_or_report
 from trashseg.submission import SubmissionWriter
 
 from .probs_store import read_index
@@ -40,13 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args(argv)
-    try:
-        ensemble(args.probs, args.weights, args.out, args.size)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return run_or_report(lambda: ensemble(args.probs, args.weights, args.out, args.size) or f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trashseg.cli import run_or_report
+
 from . import check
 from .vote import vote
 
@@ -25,13 +27,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check.main(args)
-    try:
-        vote(args.csvs, args.weights, args.out, args.num_classes)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return run_or_report(lambda: vote(args.csvs, args.weights, args.out, args.num_classes) or f"wrote {args.out}")
 
 
 if __name__ == "__main__":

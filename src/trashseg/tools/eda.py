@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
+from trashseg.cli import run_or_report  # noqa: E402
 from trashseg.data.classes import CLASSES, palette_for  # noqa: E402
 from trashseg.data.coco import segmentation_to_rle  # noqa: E402
 from trashseg.data.dataset import CocoSegmentationDataset  # noqa: E402
@@ -156,13 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", default=list(CLASSES))
     parser.add_argument("--overlap", default="area_desc")
     args = parser.parse_args(argv)
-    try:
-        path = run_eda(args.root, args.ann, args.out, args.classes, args.overlap)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {path} and its charts")
-    return 0
+    return run_or_report(lambda: f"wrote {run_eda(args.root, args.ann, args.out, args.classes, args.overlap)} and its charts")
 
 
 if __name__ == "__main__":
