@@ -106,9 +106,9 @@ def loop_overhead(steps: int) -> tuple[float, float]:
 
         with tempfile.TemporaryDirectory() as tmp:
             loader = DataLoader(OneBatch(batch, steps), batch_size=None)
-            trainer = L.Trainer(**{**cfg["trainer"], "max_epochs": 1, "enable_progress_bar": False},
+            trainer = L.Trainer(**{**cfg["trainer"], "max_epochs": 1, "enable_progress_bar": False, "limit_val_batches": 0},
                                 default_root_dir=tmp, logger=L.pytorch.loggers.CSVLogger(tmp),
-                                callbacks=[Timer()], enable_checkpointing=False, limit_val_batches=0)
+                                callbacks=[Timer()], enable_checkpointing=False)
             trainer.fit(module, train_dataloaders=loader)
         return statistics.median(times[3:])
 
