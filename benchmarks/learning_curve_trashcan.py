@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train(run_dir: Path, minutes: float) -> float:
-    budget = time.strftime("%d:%H:%M:%S", time.gmtime(minutes * 60))
+    seconds = int(minutes * 60)  # Lightning's max_time is DD:HH:MM:SS
+    budget = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     start = time.perf_counter()
     subprocess.run([sys.executable, "train.py", "experiment=trashcan_curve",
                     "trainer.enable_progress_bar=false", f"trainer.max_time={budget}",
