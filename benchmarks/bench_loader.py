@@ -37,7 +37,7 @@ class BaselineDataset:
         return len(self.coco.getImgIds())
 
     def __getitem__(self, index):
-        image_id = self.coco.getImgIds(imgIds=index)
+        image_id = self.coco.getImgIds(imgIds=index)  # the baseline's lookup (DESIGN.md section 2, mistake 1), on purpose
         image_infos = self.coco.loadImgs(image_id)[0]
         images = cv2.imread(str(self.root / image_infos["file_name"]))
         images = cv2.cvtColor(images, cv2.COLOR_BGR2RGB).astype(np.float32)

@@ -34,7 +34,8 @@ class SegmentationModule(L.LightningModule):
         self.criterion = WeightedLoss(cfg["loss"]["terms"])
         self.aux_weight = float(cfg["loss"].get("aux_weight", 0.4))
         self.val_metric = SegmentationMetric(len(self.classes), self.classes)
-        self.overlays_wanted = int(cfg.get("logger", {}).get("wandb", {}).get("overlays", 0) or 0)
+        wandb_cfg = cfg.get("logger", {}).get("wandb", {})
+        self.overlays_wanted = int(wandb_cfg.get("overlays") or 0) if wandb_cfg.get("enabled") else 0
         self.overlay_batch: dict | None = None
         self._resumed_rng: dict | None = None
 
