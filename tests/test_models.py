@@ -5,20 +5,25 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
+import segmentation_models_pytorch.encoders as smp_encoders
 import torch
 import torchvision
 import yaml
 from torch import nn
 
 from trashseg.models import OfflineError, build_model, list_models
+from trashseg.models.base import bilinear_upsampler
+from trashseg.models.fc import fc_as_conv, fc_layers
 from trashseg.models.vgg import VGGEncoder, torchvision_features
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 NUM_CLASSES = 11
 
 
 def config(name: str, **overrides) -> dict:
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / f"{name}.yaml").read_text())
+    """A model config as the YAML says, built without downloads unless an override asks for one."""
+    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     return {**cfg, "pretrained": None, **overrides}
 
 
@@ -33,7 +38,7 @@ def first_conv(module: nn.Module) -> nn.Conv2d:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_model_contract(path):
     torch.manual_seed(0)
-    cfg = {**yaml.safe_load(path.read_text()), "pretrained": None}
+    cfg = config(path.stem)
     model = build_model(cfg, NUM_CLASSES)
 
     # encoder, decoder and head own every parameter exactly once
@@ -68,14 +73,24 @@ def test_unknown_name_and_key_fail_clearly():
         build_model({"name": "fnc"}, NUM_CLASSES)
     with pytest.raises(ValueError, match=r"no parameter 'varaint' \(did you mean variant\?\)"):
         build_model({"name": "fcn", "varaint": "8s"}, NUM_CLASSES)
+    # smp passes unknown keywords on to its encoder, which would ignore them silently
+    with pytest.raises(ValueError, match=r"smp Unet has no option model.decoder.decoder_chanels; valid: .*decoder_channels"):
+        build_model(config("unet_tiny", decoder={"decoder_chanels": [8, 8, 8, 8, 8]}), NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"no option model.decoder.activation"):  # logits only
+        build_model(config("unet_tiny", decoder={"activation": "softmax2d"}), NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"smp has no encoder 'resnet-18'; closest: resnet18"):
+        build_model(config("unet_tiny", encoder_name="resnet-18"), NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"lraspp_mobilenet_v3_large has no auxiliary head; set model.aux_loss=false"):
+        build_model(config("lraspp_mobilenet", aux_loss=True), NUM_CLASSES)
 
 
-def test_auxiliary_output_only_in_training_and_when_configured():
-    model = build_model(config("fcn_resnet50", aux_loss=True), NUM_CLASSES).train()
-    out = model(torch.randn(2, 3, 64, 64))
-    assert set(out) == {"out", "aux"} and out["aux"].shape == (2, NUM_CLASSES, 64, 64)
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_mobilenet"])
+def test_auxiliary_output_only_in_training_and_when_configured(name):
+    model = build_model(config(name, aux_loss=True), NUM_CLASSES).train()
+    out = model(torch.randn(2, 3, 70, 90))
+    assert set(out) == {"out", "aux"} and out["aux"].shape == out["out"].shape == (2, NUM_CLASSES, 70, 90)
     assert isinstance(model.eval()(torch.randn(1, 3, 64, 64)), torch.Tensor)
-    assert isinstance(build_model(config("fcn_resnet50"), NUM_CLASSES).train()(torch.randn(2, 3, 64, 64)), torch.Tensor)
+    assert isinstance(build_model(config(name), NUM_CLASSES).train()(torch.randn(2, 3, 64, 64)), torch.Tensor)
 
 
 def test_fcn8s_fuses_pool3_and_pool4_scores():
@@ -117,6 +132,29 @@ def test_deeplabv1_features_have_output_stride_8():
     assert model.features(torch.randn(1, 3, 64, 96)).shape[-2:] == (8, 12)
 
 
+def test_deeplabv2_is_resnet101_at_output_stride_8_with_summed_aspp():
+    model = build_model(config("deeplabv2_resnet101"), NUM_CLASSES).eval()
+    assert sum(len(getattr(model.encoder, f"layer{i}")) for i in range(1, 5)) == 3 + 4 + 23 + 3  # ResNet-101
+    features = model.encoder(torch.randn(1, 3, 64, 96))[-1]
+    assert features.shape[1:] == (2048, 8, 12)
+    assert [conv.dilation for conv in model.head.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+    with torch.no_grad():
+        assert torch.allclose(model.head(features), sum(conv(features) for conv in model.head.branches))
+
+
+def test_bilinear_upsampler_starts_as_bilinear_interpolation():
+    x = torch.randn(1, 3, 6, 5)
+    for factor in (2, 8, 32):
+        up = bilinear_upsampler(3, factor)
+        assert up.weight.requires_grad  # learnable
+        with torch.no_grad():
+            out = up(x)
+        reference = torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+        assert out.shape == reference.shape
+        inner = slice(factor, -factor)  # the transposed convolution sees zeros beyond the border
+        assert torch.allclose(out[..., inner, inner], reference[..., inner, inner], atol=1e-5)
+
+
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_vgg_encoder_maps_one_to_one_onto_torchvision(batch_norm):
     torch.manual_seed(0)
@@ -132,21 +170,63 @@ def test_vgg_encoder_maps_one_to_one_onto_torchvision(batch_norm):
 
 @pytest.fixture
 def offline(monkeypatch):
-    def fail(*args, **kwargs):
-        raise URLError("[Errno -3] Temporary failure in name resolution")
+    """The download functions torchvision and smp call fail as they do without a network."""
 
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fail)
-    import segmentation_models_pytorch.encoders as smp_encoders
+    def url_fails(*args, **kwargs):
+        raise URLError("simulated: [Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(smp_encoders, "hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    def hub_fails(*args, **kwargs):
+        raise OSError("simulated: cannot reach huggingface.co")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", url_fails)
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", hub_fails)
 
 
-@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn_resnet50", "alexnet_fcn", "unet_tiny"])
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "deeplabv2_resnet101", "fcn_resnet50", "alexnet_fcn", "unet_tiny"])
 def test_imagenet_offline_fails_with_one_clear_line(offline, name):
     with pytest.raises(OfflineError) as err:
         build_model(config(name, pretrained="imagenet"), NUM_CLASSES)
     message = str(err.value)
-    assert "\n" not in message and "model.pretrained=null" in message and "download" in message
+    assert "\n" not in message and "simulated" in message  # one line, from the patched download
+    assert "model.pretrained=null" in message and "model.pretrained=/path/to/weights.pth" in message
+
+
+def test_imagenet_weights_land_where_they_belong(monkeypatch):
+    """A (simulated) torchvision download fills the encoder and, as the papers do, fc6/fc7:
+    reshaped for AlexNet-FCN, decimated to 1024 channels and 3x3 for DeepLab v1 LargeFOV."""
+    torch.manual_seed(0)
+    references = {"alexnet": torchvision.models.alexnet(weights=None).state_dict(),
+                  "vgg16": torchvision.models.vgg16(weights=None).state_dict()}
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url",
+                        lambda url, *a, **k: references["alexnet" if "alexnet" in url else "vgg16"])
+
+    alex = build_model(config("alexnet_fcn", pretrained="imagenet"), NUM_CLASSES)
+    ref = references["alexnet"]
+    assert torch.equal(alex.encoder.features[0].weight, ref["features.0.weight"])
+    assert torch.equal(alex.decoder.fc6.weight.flatten(1), ref["classifier.1.weight"])
+    assert torch.equal(alex.decoder.fc7.weight.flatten(1), ref["classifier.4.weight"])
+
+    v1 = build_model(config("deeplabv1_vgg16", pretrained="imagenet"), NUM_CLASSES)
+    ref = references["vgg16"]
+    assert torch.equal(v1.encoder.features[28].weight, ref["features.28.weight"])
+    assert v1.decoder.fc6.weight.shape == (1024, 512, 3, 3)
+    assert torch.equal(v1.decoder.fc6.weight[1, 2, 1, 2], ref["classifier.0.weight"].view(4096, 512, 7, 7)[4, 2, 3, 6])
+    assert torch.equal(v1.decoder.fc7.weight[5, 3, 0, 0], ref["classifier.3.weight"][20, 12])
+
+
+def test_fc_layers_as_convolutions_compute_the_linear_layers():
+    """FCN's convolutionalisation: on a pool5-sized input, conv fc6/fc7 equal the Linear fc6/fc7."""
+    torch.manual_seed(0)
+    for channels, size in [(8, 7), (8, 6)]:  # VGG's 7x7 pool5, AlexNet's 6x6 (even: padded bottom/right)
+        fc6, fc7 = nn.Linear(channels * size * size, 32), nn.Linear(32, 32)
+        layers = fc_layers(channels, 32, size).eval()
+        layers.load_state_dict(fc_as_conv((fc6.weight, fc6.bias), (fc7.weight, fc7.bias), channels, size, 32, size))
+        x = torch.randn(2, channels, size, size)
+        out = layers(x)
+        assert out.shape == (2, 32, size, size)  # 'same' size
+        centre = out[:, :, size // 2 - (size % 2 == 0), size // 2 - (size % 2 == 0)]
+        with torch.no_grad():
+            assert torch.allclose(centre, fc7(fc6(x.flatten(1)).relu()).relu(), atol=1e-5)
 
 
 def test_local_weights_load_and_change_outputs(tmp_path, caplog):
@@ -166,3 +246,24 @@ def test_local_weights_load_and_change_outputs(tmp_path, caplog):
         assert not torch.allclose(plain(x), loaded(x))
     with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
         build_model(config("deconvnet_vgg16bn", pretrained=str(tmp_path / "missing.pth")), NUM_CLASSES)
+
+
+def test_encoder_weights_from_a_training_checkpoint(tmp_path, caplog):
+    """A Lightning checkpoint (`state_dict` of `model.*` keys) gives its encoder, and only that;
+    wrongly shaped tensors are skipped and reported, not loaded."""
+    torch.manual_seed(0)
+    trained = build_model(config("unet_tiny"), NUM_CLASSES)
+    state = {f"model.{k}": v for k, v in trained.state_dict().items()}
+    state["model.encoder.conv1.weight"] = torch.zeros(3)  # a tensor the encoder has, in another shape
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    torch.manual_seed(1)
+    with caplog.at_level(logging.WARNING, logger="trashseg.models"):
+        model = build_model(config("unet_tiny", pretrained=str(path)), NUM_CLASSES)
+    for (name, mine), theirs in zip(model.encoder.state_dict().items(), trained.encoder.state_dict().values()):
+        assert torch.equal(mine, theirs) == (name != "conv1.weight"), name
+    assert not torch.equal(model.head[0].weight, trained.head[0].weight)
+    assert "wrong shape 1: ['model.encoder.conv1.weight']" in caplog.text and "model.decoder." in caplog.text
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="no tensor matches the encoder"):
+        build_model(config("unet_tiny", pretrained=str(path)), NUM_CLASSES)

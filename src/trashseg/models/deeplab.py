@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from .base import SegmentationModel
-from .fcn import fc_layers
+from .fc import fc_layers
 from .pretrained import check_pretrained
 from .registry import register
 from .resnet import ResNetEncoder
-from .vgg import VGGEncoder
+from .vgg import VGGEncoder, torchvision_fc_as_conv
 
 
 class DeepLabV1(SegmentationModel):
@@ -61,7 +61,9 @@ class DeepLabV2(SegmentationModel):
 def deeplabv1(num_classes: int, batch_norm: bool = False, fc_channels: int = 1024, pretrained=None) -> DeepLabV1:
     check_pretrained(pretrained)
     model = DeepLabV1(num_classes, batch_norm, fc_channels)
-    model.encoder.load_pretrained(pretrained)
+    state = model.encoder.load_pretrained(pretrained)
+    if state is not None and 4096 % fc_channels == 0:  # fc6/fc7 decimated from ImageNet's, as the paper does
+        model.decoder.load_state_dict(torchvision_fc_as_conv(state, fc_channels, kernel=3))
     return model
 
 

@@ -6,24 +6,14 @@ the input is padded to a multiple of 32 (the shared contract)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import nn
 
 from .base import SegmentationModel, bilinear_upsampler
+from .fc import fc_layers
 from .pretrained import check_pretrained
 from .registry import register
 from .vgg import VGGEncoder, torchvision_fc_as_conv
-
-
-def fc_layers(in_channels: int, channels: int, kernel: int, dilation: int = 1, dropout: float = 0.5) -> nn.Sequential:
-    """fc6/fc7 of VGG as convolutions."""
-    return nn.Sequential(OrderedDict(
-        fc6=nn.Conv2d(in_channels, channels, kernel, padding=dilation * (kernel // 2), dilation=dilation),
-        relu6=nn.ReLU(inplace=True), drop6=nn.Dropout2d(dropout),
-        fc7=nn.Conv2d(channels, channels, 1), relu7=nn.ReLU(inplace=True), drop7=nn.Dropout2d(dropout),
-    ))
 
 
 def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -62,6 +52,6 @@ def fcn(num_classes: int, variant: str = "8s", batch_norm: bool = False, fc_chan
     check_pretrained(pretrained)
     model = FCN(num_classes, variant, batch_norm, fc_channels)
     state = model.encoder.load_pretrained(pretrained)
-    if state is not None and fc_channels == 4096:
-        model.decoder.load_state_dict(torchvision_fc_as_conv(state), strict=False)
+    if state is not None and 4096 % fc_channels == 0:  # ImageNet fc6/fc7 as convolutions, as the paper does
+        model.decoder.load_state_dict(torchvision_fc_as_conv(state, fc_channels, kernel=7))
     return model

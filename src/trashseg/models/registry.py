@@ -11,8 +11,12 @@ from torch import nn
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register(name: str):
-    def add(builder):
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make a family builder `builder(num_classes, **params)` buildable as `name`."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"model name {name!r} is registered twice")
         MODELS[name] = builder
         return builder
 
@@ -23,7 +27,7 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def _plain(cfg) -> dict:
+def _plain(cfg: Mapping) -> dict:
     try:  # an OmegaConf DictConfig, without importing OmegaConf here
         from omegaconf import DictConfig, OmegaConf
 

@@ -1,8 +1,11 @@
 """Any segmentation-models-pytorch architecture x encoder from config (Unet, UnetPlusPlus, FPN,
 PSPNet, PAN, DeepLabV3, DeepLabV3Plus, UPerNet, Segformer, Linknet, MAnet), with smp's
-`segmentation_head` as the head."""
+`segmentation_head` as the head. `decoder` holds the architecture's own keyword arguments."""
 
 from __future__ import annotations
+
+import difflib
+import inspect
 
 import segmentation_models_pytorch as smp
 import torch
@@ -15,9 +18,17 @@ from .registry import register
 ARCHS = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "PAN", "DeepLabV3", "DeepLabV3Plus", "UPerNet", "Segformer",
          "Linknet", "MAnet")
 
+# Arguments this adapter sets itself, or that would break the contract (logits out, no extra head).
+OWN_ARGUMENTS = {"self", "encoder_name", "encoder_depth", "encoder_weights", "in_channels", "classes", "activation",
+                 "aux_params", "kwargs"}
 
-# PAN's feature pyramid attention pools its 1/16 features three more times.
+# PAN's feature pyramid attention pools its deepest features three more times.
 EXTRA_STRIDE = {"PAN": 8}
+
+
+def decoder_arguments(arch: str) -> list[str]:
+    """The keyword arguments smp's `arch` takes besides what the adapter sets."""
+    return [p for p in inspect.signature(getattr(smp, arch).__init__).parameters if p not in OWN_ARGUMENTS]
 
 
 class SmpModel(SegmentationModel):
@@ -37,15 +48,27 @@ def smp_model(
     if arch not in ARCHS:
         raise ValueError(f"smp arch {arch!r} is not supported; choose one of {', '.join(ARCHS)}")
     check_pretrained(pretrained)
+    if not encoder_name.startswith(("tu-", "timm-")) and encoder_name not in smp.encoders.encoders:
+        close = difflib.get_close_matches(encoder_name, list(smp.encoders.encoders), n=3)
+        raise ValueError(f"smp has no encoder {encoder_name!r}; closest: {', '.join(close) or 'none'} "
+                         "(all: segmentation_models_pytorch.encoders.get_encoder_names(), or tu-<timm model>)")
     kwargs = dict(decoder or {})
+    # smp forwards unknown keywords to the encoder, which ignores them unless it is a timm one:
+    # a misspelt decoder option would pass silently, so check against the architecture's own.
+    valid = decoder_arguments(arch)
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(f"smp {arch} has no option model.decoder.{key}; valid: {', '.join(valid)}")
     if encoder_depth is not None:
         kwargs["encoder_depth"] = encoder_depth
-    build = lambda weights: smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights,  # noqa: E731
-                                             classes=num_classes, **kwargs)
-    try:
-        net = download(f"smp {encoder_name} ImageNet weights", lambda: build("imagenet")) if pretrained == "imagenet" else build(None)
-    except TypeError as err:
-        raise ValueError(f"smp {arch}: {err} (check model.decoder keys)") from None
+
+    def build(weights: str | None) -> smp.base.SegmentationModel:
+        return smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights, classes=num_classes, **kwargs)
+
+    if pretrained == "imagenet":
+        net = download(f"smp {encoder_name} ImageNet weights", lambda: build("imagenet"))
+    else:
+        net = build(None)
     model = SmpModel(net, arch)
     if pretrained not in (None, "imagenet"):
         load_local(model.encoder, pretrained)

@@ -60,7 +60,10 @@ def torchvision_model(num_classes: int, arch: str = "fcn_resnet50", aux_loss: bo
     check_pretrained(pretrained)
     builder, weights, pad_multiple = ARCHS[arch]
     kwargs = {"weights": None, "num_classes": num_classes}
-    if not arch.startswith("lraspp"):
+    if arch.startswith("lraspp"):
+        if aux_loss:
+            raise ValueError(f"{arch} has no auxiliary head; set model.aux_loss=false")
+    else:
         kwargs["aux_loss"] = aux_loss
     if pretrained == "imagenet":
         net = download(f"torchvision {weights}", lambda: builder(weights_backbone=weights, **kwargs))

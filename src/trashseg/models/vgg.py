@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import vgg
 
+from .fc import fc_as_conv
 from .pretrained import download, load_local
 
 VGG16 = vgg.cfgs["D"]
@@ -55,7 +56,7 @@ class VGGEncoder(nn.Module):
         if pretrained is None:
             return None
         if pretrained != "imagenet":
-            load_local(self, pretrained, torchvision_features)
+            load_local(self, pretrained)
             return None
         weights = vgg.VGG16_BN_Weights.IMAGENET1K_V1 if self.batch_norm else vgg.VGG16_Weights.IMAGENET1K_V1
         state = download(f"torchvision {weights}", lambda: weights.get_state_dict(progress=False))
@@ -68,11 +69,8 @@ def torchvision_features(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v for k, v in state.items() if k.startswith("features.")}
 
 
-def torchvision_fc_as_conv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision's fc6/fc7 (Linear 25088->4096, 4096->4096) reshaped as 7x7 and 1x1 convolutions."""
-    return {
-        "fc6.weight": state["classifier.0.weight"].view(4096, 512, 7, 7),
-        "fc6.bias": state["classifier.0.bias"],
-        "fc7.weight": state["classifier.3.weight"].view(4096, 4096, 1, 1),
-        "fc7.bias": state["classifier.3.bias"],
-    }
+def torchvision_fc_as_conv(state: dict[str, torch.Tensor], channels: int = 4096, kernel: int = 7) -> dict[str, torch.Tensor]:
+    """torchvision's VGG16 fc6/fc7 (Linear 25088->4096, 4096->4096) as `fc_layers` convolutions."""
+    fc6 = state["classifier.0.weight"], state["classifier.0.bias"]
+    fc7 = state["classifier.3.weight"], state["classifier.3.bias"]
+    return fc_as_conv(fc6, fc7, in_channels=512, size=7, channels=channels, kernel=kernel)

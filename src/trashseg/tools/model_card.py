@@ -12,6 +12,7 @@ import argparse
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(cost(name, args.size, args.repeats))
         print(f"  {name}: done", file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
-    print(f"{args.size}x{args.size}, batch 1, {torch.get_num_threads()} CPU threads")
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    print(f"{args.size}x{args.size}, batch 1, 11 classes, {torch.get_num_threads()} CPU threads, {day}")
     print(table.to_markdown(index=False))
     if args.out:
         table.to_csv(args.out, index=False)
