@@ -1,11 +1,11 @@
 """Reject unknown config keys before any work starts, naming the key and the closest valid ones.
 
-Hydra already refuses overrides of keys that do not exist; this also catches typos inside
-experiment files and `+key=value` additions, against what each part actually accepts."""
+Command-line overrides of keys that do not exist are caught earlier (training.overrides); this
+also catches typos inside experiment files and `+key=value` additions, against what each part
+actually accepts."""
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 
@@ -13,6 +13,7 @@ import lightning as L
 
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.models.registry import MODELS
+from trashseg.training.overrides import unknown_key_message
 
 TOP_LEVEL = {"data", "augment", "model", "optimizer", "scheduler", "loss", "trainer", "logger", "experiment_name",
              "seed", "resume", "runs_dir", "paths"}
@@ -36,9 +37,7 @@ def _arguments(fn, skip=("self", "num_classes", "augment")) -> set[str]:
 def _check(section: Mapping, allowed: set[str], where: str) -> None:
     for key in section:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=3)
-            hint = f"; did you mean {', '.join(f'{where}{c}' for c in close)}?" if close else f"; valid keys: {', '.join(sorted(allowed))}"
-            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+            raise ConfigError(unknown_key_message(key, allowed, where))
 
 
 def check_config(cfg: Mapping) -> None:

@@ -100,14 +100,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         fresh, run_dir = run_dir, ckpt.parent.parent
         if fresh.exists() and fresh != run_dir and not any(p.name != ".hydra" for p in fresh.iterdir()):
             shutil.rmtree(fresh)  # the folder Hydra made for this invocation stays unused
-    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     plain = plain_config(cfg)
+    # Build first: a setup error (data, model options, offline weights) leaves no run folder content.
+    datamodule = TrashDataModule(**plain["data"], augment=plain["augment"])
+    module = SegmentationModule(plain)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", plain)
 
     wandb_id = torch.load(ckpt, map_location="cpu", weights_only=True).get("wandb_run_id") if ckpt else None
-    datamodule = TrashDataModule(**plain["data"], augment=plain["augment"])
-    module = SegmentationModule(plain)
     loggers = build_loggers(plain, run_dir, wandb_id)
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     if wandb_loggers:

@@ -1,0 +1,83 @@
+"""Check command-line overrides before Hydra applies them.
+
+Hydra refuses `optimizer.lrr=1e-3` with a multi-line "Key 'lrr' is not in struct" and no hint.
+This composes the config that the group choices on the command line select (every combination
+of a group sweep) and names the unknown key with the closest existing ones. Additions (`+key`,
+`++key`), deletions (`~key`) and `hydra.*` keys are left to Hydra; so is anything this cannot
+compose (a missing experiment, a syntax error): Hydra's own message covers those.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+# Options that point Hydra at another config: the check would compose the wrong one.
+OTHER_CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+MAX_COMBINATIONS = 16  # a group sweep larger than this is not pre-checked (composition costs ~0.1 s)
+
+
+def unknown_key_message(key: str, allowed: Iterable[str], where: str = "") -> str:
+    """`unknown config key 'where+key'` with the closest valid keys (or all of them)."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=3)
+    hint = (f"; did you mean {', '.join(where + c for c in close)}?" if close
+            else f"; valid keys: {', '.join(allowed)}")
+    return f"unknown config key '{where}{key}'{hint}"
+
+
+def _values(override: Override) -> list[str]:
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
+def _missing(cfg: DictConfig, dotted: str) -> str | None:
+    """The message for a dotted key that `cfg` does not have, or None if it has it (or cannot tell)."""
+    node, parts = cfg, dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, DictConfig):
+            return None  # a list index or a value: Hydra decides
+        if part not in node:
+            where = ".".join(parts[:depth]) + "." if depth else ""
+            return unknown_key_message(part, node.keys(), where)
+        node = node[part]
+    return None
+
+
+def check_overrides(args: list[str], config_dir: Path, config_name: str = "train") -> str | None:
+    """One line naming the first override of a key the composed config lacks, or None."""
+    if any(a.split("=")[0] in OTHER_CONFIG_FLAGS for a in args):
+        return None
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except HydraException:
+        return None
+    groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
+    choices = [o for o in overrides if o.key_or_group in groups and o.type == OverrideType.CHANGE]
+    values = [o for o in overrides if o.type == OverrideType.CHANGE and o.key_or_group not in groups
+              and o.key_or_group.split(".")[0] != "hydra"]
+    combinations = list(itertools.islice(
+        itertools.product(*[[f"{o.key_or_group}={v}" for v in _values(o)] for o in choices]), MAX_COMBINATIONS + 1))
+    if not values or len(combinations) > MAX_COMBINATIONS:
+        return None
+    with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
+        for selection in combinations:
+            try:
+                cfg = compose(config_name, overrides=list(selection))
+            except HydraException:
+                return None
+            for override in values:
+                message = _missing(cfg, override.key_or_group)
+                if message:
+                    chosen = f" with {' '.join(selection)}" if len(combinations) > 1 else ""
+                    return message + f"{chosen} (to add a new key on purpose: +{override.input_line})"
+    return None
