@@ -19,15 +19,15 @@ HYDRA_FILES = {".hydra", "train.log"}
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    from trashseg.cli import USER_ERRORS
     from trashseg.models.pretrained import OfflineError
-    from trashseg.training.config_check import ConfigError
     from trashseg.training.module import NonFiniteLossError
     from trashseg.training.run import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(cfg, run_dir)
-    except (ConfigError, NonFiniteLossError, OfflineError, FileNotFoundError, ValueError) as err:
+    except (*USER_ERRORS, NonFiniteLossError, OfflineError) as err:  # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         if run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir()):
             shutil.rmtree(run_dir)  # only Hydra's log of this failed start: no run to keep

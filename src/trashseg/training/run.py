@@ -54,13 +54,12 @@ def write_yaml(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def keep_earlier_metrics(run_dir: Path, ckpt: Path | None):
-    """Lightning's CSV logger starts metrics.csv afresh; on resume, set the earlier rows aside
-    (those before the checkpoint's epoch) and return a function that puts them back in front."""
+def keep_earlier_metrics(run_dir: Path, start: int | None):
+    """Lightning's CSV logger starts metrics.csv afresh; on resume from epoch `start`, set the
+    earlier rows aside and return a function that puts them back in front."""
     metrics = run_dir / "metrics.csv"
-    if ckpt is None or not metrics.is_file():
+    if start is None or not metrics.is_file():
         return lambda: None
-    start = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
     earlier = pd.read_csv(metrics)
     earlier = earlier[earlier["epoch"] <= start]
 
@@ -108,8 +107,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", plain)
 
-    wandb_id = torch.load(ckpt, map_location="cpu", weights_only=True).get("wandb_run_id") if ckpt else None
-    loggers = build_loggers(plain, run_dir, wandb_id)
+    # mmap: read the checkpoint's small fields without loading its tensors (Lightning loads them)
+    resumed = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True) if ckpt else {}
+    loggers = build_loggers(plain, run_dir, resumed.get("wandb_run_id"))
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     if wandb_loggers:
         module.wandb_run_id = wandb_loggers[0].experiment.id
@@ -117,7 +117,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                                   save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
     trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
                         callbacks=[checkpoints, WandbMedia()], use_distributed_sampler=False)
-    restore_metrics = keep_earlier_metrics(run_dir, ckpt)
+    restore_metrics = keep_earlier_metrics(run_dir, resumed.get("epoch"))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     finally:
