@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trashseg.training.metric import SegmentationMetric
+from trashseg.metric import SegmentationMetric
 
 
 def numpy_reference(preds, target, n, ignore=255):

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from trashseg.data.dataset import CocoSegmentationDataset
 from trashseg.data.datamodule import pad_collate
 from trashseg.submission import SubmissionWriter, to_submission_size
-from trashseg.training.metric import SegmentationMetric
+from trashseg.metric import SegmentationMetric
 
 from .checkpoint import load_checkpoint, same_classes
 from .predictor import Predictor

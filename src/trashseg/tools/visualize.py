@@ -25,7 +25,7 @@ from trashseg.data.classes import IGNORE_INDEX, palette_for  # noqa: E402
 from trashseg.inference.checkpoint import load_checkpoint  # noqa: E402
 from trashseg.inference.cli import build_loader, predictions  # noqa: E402
 from trashseg.inference.predictor import Predictor  # noqa: E402
-from trashseg.training.metric import SegmentationMetric  # noqa: E402
+from trashseg.metric import SegmentationMetric  # noqa: E402
 
 
 def colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:

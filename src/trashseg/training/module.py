@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from trashseg.data.normalize import Normalize
+from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
 
 from .losses import WeightedLoss
-from .metric import SegmentationMetric
 from .optim import build_optimizer, build_scheduler
 from .param_groups import groups_table
 
