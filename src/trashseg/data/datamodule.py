@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, DistributedSampler, default_collate
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, default_collate
 
 from .classes import CLASSES, IGNORE_INDEX
+from .coco import read_coco
 from .dataset import CocoSegmentationDataset
+from .kfold import fold_annotations
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -46,6 +49,19 @@ class SeededSampler(DistributedSampler):
     def __iter__(self):
         for index in super().__iter__():
             yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0] >> 1)
+
+
+class SeededConcatDataset(ConcatDataset):
+    """ConcatDataset that passes the sampler's (index, seed) keys on to its parts."""
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[part - 1] if part else 0)
+        return self.datasets[part][(local, seed) if seed is not None else local]
+
+
+EXTRA_SOURCE_KEYS = ("root", "ann", "images_relative_to", "overlap", "crowd")
 
 
 def _world() -> tuple[int, int]:
@@ -84,6 +100,9 @@ class TrashDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         synthetic: Mapping | None = None,
+        fold: int | None = None,
+        folds_dir: str = "folds",
+        extra_train: Sequence[Mapping] | None = None,
         augment: Mapping | None = None,
     ):
         super().__init__()
@@ -91,6 +110,10 @@ class TrashDataModule(L.LightningDataModule):
         self.classes = list(classes)
         self.num_classes = len(self.classes)
         self.anns = {"train": train_ann, "val": val_ann, "test": test_ann}
+        self.fold, self.folds_dir = fold, folds_dir
+        self.extra_train = [self._extra_source(i, source) for i, source in enumerate(extra_train or [])]
+        if fold is not None:
+            self.annotation_file("train")  # a bad fold index or missing fold file stops before any run folder exists
         self.dataset_kwargs = {"classes": self.classes, "overlap": overlap, "crowd": crowd, "cache_dir": cache_dir,
                                "images_relative_to": images_relative_to}
         self.batch_size = batch_size
@@ -105,6 +128,19 @@ class TrashDataModule(L.LightningDataModule):
         self.augment = {split: list((augment or {}).get(split) or []) for split in ("train", "val", "test")}
         self.datasets: dict[str, CocoSegmentationDataset] = {}
 
+    def _extra_source(self, i: int, source: Mapping) -> dict:
+        """Checked now, before any run folder exists: known keys, and a file that holds labels."""
+        unknown = sorted(set(source) - set(EXTRA_SOURCE_KEYS))
+        if unknown or "ann" not in source:
+            raise ValueError(f"data.extra_train[{i}] = {dict(source)}: each extra source takes 'ann' and optionally "
+                             f"{', '.join(k for k in EXTRA_SOURCE_KEYS if k != 'ann')}"
+                             + (f"; unknown keys {unknown}" if unknown else "; 'ann' is missing"))
+        path = Path(source.get("root") or self.root) / source["ann"]
+        if not read_coco(path).get("annotations"):
+            raise ValueError(f"data.extra_train[{i}]: {path} has no annotations (a test split?); every pixel would "
+                             "train as Background. Give a labelled file, e.g. from python -m trashseg.inference.pseudo")
+        return dict(source)
+
     def prepare_data(self) -> None:
         """Generate the synthetic dataset on first use (rank 0 only, before setup)."""
         if self.synthetic and not (self.root / self.anns["train"]).exists():
@@ -112,15 +148,29 @@ class TrashDataModule(L.LightningDataModule):
 
             generate_dataset(self.root, **self.synthetic)
 
-    def dataset(self, split: str) -> CocoSegmentationDataset:
+    def _extra_dataset(self, source: Mapping) -> CocoSegmentationDataset:
+        """An extra training source; its own overlap / crowd / images_relative_to override the main one's."""
+        kwargs = {**self.dataset_kwargs, **{k: v for k, v in source.items() if k not in ("root", "ann")}}
+        return CocoSegmentationDataset(source.get("root") or self.root, source["ann"], transforms=self.augment["train"],
+                                       mode="train", **kwargs)
+
+    def annotation_file(self, split: str) -> Path:
+        """`<split>_ann`, or with `fold` set the fold's train / val file under `folds_dir`."""
+        if self.fold is not None and split in ("train", "val"):
+            train, val = fold_annotations(self.root, self.folds_dir, self.fold)
+            return train if split == "train" else val
+        return Path(self.anns[split])
+
+    def dataset(self, split: str) -> CocoSegmentationDataset | SeededConcatDataset:
+        """The split's dataset; train concatenates the `extra_train` sources after the main one."""
         if split not in self.datasets:
-            self.datasets[split] = CocoSegmentationDataset(
-                self.root,
-                self.anns[split],
-                transforms=self.augment[split],
-                mode="test" if split == "test" else split,
-                **self.dataset_kwargs,
-            )
+            mode = "test" if split == "test" else split
+            main = CocoSegmentationDataset(self.root, self.annotation_file(split), transforms=self.augment[split],
+                                           mode=mode, **self.dataset_kwargs)
+            if split == "train" and self.extra_train:
+                extras = [self._extra_dataset(source) for source in self.extra_train]
+                main = SeededConcatDataset([main, *extras])
+            self.datasets[split] = main
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -4,76 +4,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from trashseg.data.dataset import CocoSegmentationDataset
-from trashseg.data.datamodule import pad_collate
-from trashseg.submission import SubmissionWriter, to_submission_size
+from trashseg.cli import run_or_report
 from trashseg.metric import SegmentationMetric
+from trashseg.submission import SubmissionWriter, to_submission_size
 
-from .checkpoint import load_checkpoint, same_classes
+from .loop import build_loader, predict_probs
+from .options import add_data_args, add_model_args, load_predictor
 from .predictor import Predictor
 from .probs_store import ProbsWriter
-from .tta import TTA_MODES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Leaderboard CSVs (--split test) or validation mIoU (--split val) from checkpoints.")
-    p.add_argument("--checkpoint", action="append", type=Path, required=True, help="repeat for an ensemble")
-    p.add_argument("--weights", nargs="+", type=float, help="one per checkpoint (default equal)")
-    p.add_argument("--tta", default="none", choices=list(TTA_MODES))
-    p.add_argument("--scales", nargs="+", type=float, default=[1.0])
+    add_model_args(p)
+    add_data_args(p)
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--data-root", type=Path, help="default: the first checkpoint's data.root")
-    p.add_argument("--ann", help="annotation file under the data root (default: the checkpoint's test_ann / val_ann)")
     p.add_argument("--out", type=Path, help="CSV (test) or JSON of metrics (val); default under submissions/")
     p.add_argument("--save-probs", type=Path, help="folder for per-image float16 probabilities (11 x 512 x 512 x 2 bytes "
                    "= 5.8 MB per image, 4.7 GB for 819 test images)")
     p.add_argument("--size", type=int, default=256, help="submission mask size")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 
 
-def build_loader(cfg: dict, args, classes: list[str]) -> DataLoader:
-    data = cfg["data"]
-    root = args.data_root or Path(data["root"])
-    ann = args.ann or data["test_ann" if args.split == "test" else "val_ann"]
-    dataset = CocoSegmentationDataset(root, ann, classes=classes, overlap=data["overlap"], crowd=data["crowd"],
-                                      mode=args.split, cache_dir=data["cache_dir"],
-                                      images_relative_to=data.get("images_relative_to", "root"))
-    return DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=pad_collate,
-                      pin_memory=args.device == "cuda")
+def predictions(predictor: Predictor, loader, probs_writer: ProbsWriter | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """(batch item, full-resolution uint8 labels) per image."""
+    for item, probs in predict_probs(predictor, loader):
+        if probs_writer is not None:
+            probs_writer.write(int(item["id"]), item["file_name"], probs.cpu().numpy())
+        yield item, probs.argmax(0).cpu().numpy().astype(np.uint8)
 
 
-def predictions(predictor: Predictor, loader: DataLoader, probs_writer: ProbsWriter | None):
-    """(batch item, full-resolution labels) per image, cropped from the padded batch."""
-    for batch in tqdm(loader, desc="predict", unit="batch"):
-        probs = predictor.probs(batch["image"])
-        labels = probs.argmax(1).cpu().numpy().astype(np.uint8)
-        for i, (h, w) in enumerate(batch["orig_size"].tolist()):
-            item = {k: v[i] for k, v in batch.items()}
-            if probs_writer is not None:
-                probs_writer.write(int(item["id"]), item["file_name"], probs[i, :, :h, :w].cpu().numpy())
-            yield item, labels[i, :h, :w]
-
-
-def run_test(predictor, loader, out: Path, size: int, probs_writer) -> None:
+def run_test(predictor, loader, out: Path, size: int, probs_writer) -> str:
     with SubmissionWriter(out, size) as writer:
         for item, labels in predictions(predictor, loader, probs_writer):
             writer.write(item["file_name"], labels)
-    print(f"wrote {out} ({len(writer.ids)} rows); check it with: python -m trashseg.submission check {out} "
-          f"--test-json {loader.dataset.ann_path}")
+    return (f"wrote {out} ({len(writer.ids)} rows); check it with: python -m trashseg.submission check {out} "
+            f"--test-json {loader.dataset.ann_path}")
 
 
-def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_writer) -> dict:
+def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_writer) -> str:
     full, small = SegmentationMetric(len(classes), classes), SegmentationMetric(len(classes), classes)
     for item, labels in predictions(predictor, loader, probs_writer):
         h, w = labels.shape
@@ -89,27 +64,26 @@ def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_w
     print("per-class IoU: " + ", ".join(f"{c} {results['full resolution'][f'IoU/{c}']:.3f}" for c in classes))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
-    return results
+    return f"wrote {out}"
+
+
+def run(args: argparse.Namespace) -> str:
+    checkpoints, classes, predictor = load_predictor(args)
+    loader = build_loader(checkpoints[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
+                          args.num_workers, args.device)
+    name = checkpoints[0].path.resolve().parent.parent.name
+    out = args.out or Path("submissions") / (f"{name}.csv" if args.split == "test" else f"{name}_val.json")
+    sources = [str(c.path) for c in checkpoints]
+    probs_writer = ProbsWriter(args.save_probs, classes, sources) if args.save_probs else None
+    if args.split == "test":
+        message = run_test(predictor, loader, out, args.size, probs_writer)
+    else:
+        message = run_val(predictor, loader, classes, out, args.size, probs_writer)
+    if probs_writer is not None:
+        probs_writer.close()
+    return message
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        checkpoints = [load_checkpoint(p) for p in args.checkpoint]
-        classes = same_classes(checkpoints)
-        predictor = Predictor(checkpoints, args.weights, args.tta, args.scales, args.device)
-        loader = build_loader(checkpoints[0].cfg, args, classes)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    name = args.checkpoint[0].resolve().parent.parent.name
-    out = args.out or Path("submissions") / (f"{name}.csv" if args.split == "test" else f"{name}_val.json")
-    probs_writer = ProbsWriter(args.save_probs, classes, [str(p) for p in args.checkpoint]) if args.save_probs else None
-    if args.split == "test":
-        run_test(predictor, loader, out, args.size, probs_writer)
-    else:
-        run_val(predictor, loader, classes, out, args.size, probs_writer)
-    if probs_writer is not None:
-        probs_writer.close()
-    return 0
+    return run_or_report(lambda: run(args))

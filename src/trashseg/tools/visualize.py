@@ -23,7 +23,8 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from trashseg.data.classes import IGNORE_INDEX, palette_for  # noqa: E402
 from trashseg.inference.checkpoint import load_checkpoint  # noqa: E402
-from trashseg.inference.cli import build_loader, predictions  # noqa: E402
+from trashseg.inference.cli import predictions  # noqa: E402
+from trashseg.inference.loop import build_loader  # noqa: E402
 from trashseg.inference.predictor import Predictor  # noqa: E402
 from trashseg.metric import SegmentationMetric  # noqa: E402
 
@@ -85,10 +86,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    args.batch_size, args.num_workers = 4, 0
     try:
         ckpt = load_checkpoint(args.checkpoint)
-        loader = build_loader(ckpt.cfg, args, ckpt.classes)
+        loader = build_loader(ckpt.cfg, args.split, ckpt.classes, args.data_root, args.ann, num_workers=0,
+                              device=args.device)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,38 @@
+"""The one inference loop: a split's loader through a predictor, image by image, at each
+image's original size. inference.py, the OOF scorer, the pseudo-labeller and the tools use it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from trashseg.data.datamodule import pad_collate
+from trashseg.data.dataset import CocoSegmentationDataset
+
+from .predictor import Predictor
+
+
+def build_loader(cfg: dict, split: str, classes: list[str], data_root: Path | None = None, ann: str | Path | None = None,
+                 batch_size: int = 4, num_workers: int = 2, device: str = "cpu") -> DataLoader:
+    """`split` is "test" (no masks) or "val"; root and annotation file default to the run config's."""
+    data = cfg["data"]
+    root = data_root or Path(data["root"])
+    ann = ann or data["test_ann" if split == "test" else "val_ann"]
+    dataset = CocoSegmentationDataset(root, ann, classes=classes, overlap=data["overlap"], crowd=data["crowd"],
+                                      mode=split, cache_dir=data["cache_dir"],
+                                      images_relative_to=data.get("images_relative_to", "root"))
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=pad_collate,
+                      pin_memory=device == "cuda")
+
+
+def predict_probs(predictor: Predictor, loader: DataLoader, desc: str = "predict") -> Iterator[tuple[dict, torch.Tensor]]:
+    """(batch item, C x h x w probabilities on the predictor's device) per image, cropped from
+    the padded batch to the image's original size."""
+    for batch in tqdm(loader, desc=desc, unit="batch"):
+        probs = predictor.probs(batch["image"])
+        for i, (h, w) in enumerate(batch["orig_size"].tolist()):
+            yield {k: v[i] for k, v in batch.items()}, probs[i, :, :h, :w]

@@ -1,0 +1,76 @@
+"""The model and data flags shared by inference.py, the OOF scorer and the pseudo-labeller,
+and the checkpoints they name: repeated `--checkpoint`, and `--checkpoints-from SWEEP_DIR`
+(every run of a Hydra sweep, e.g. one per fold, by its best.ckpt)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+import yaml
+
+from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
+from .predictor import Predictor
+from .tta import TTA_MODES
+
+
+def add_model_args(parser: argparse.ArgumentParser, sweep_help: str = "every run's best.ckpt of a sweep folder, equal weights") -> None:
+    parser.add_argument("--checkpoint", action="append", type=Path, default=[], help="repeat for an ensemble")
+    parser.add_argument("--checkpoints-from", action="append", type=Path, default=[], metavar="SWEEP_DIR", help=sweep_help)
+    parser.add_argument("--weights", nargs="+", type=float, help="one per checkpoint (default equal)")
+    parser.add_argument("--tta", default="none", choices=list(TTA_MODES))
+    parser.add_argument("--scales", nargs="+", type=float, default=[1.0])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", type=Path, help="default: the first checkpoint's data.root")
+    parser.add_argument("--ann", help="annotation file under the data root (default: the checkpoint's test_ann / val_ann)")
+
+
+def _run_order(run: Path):
+    """Sweep subfolders 0, 1, ..., 10 in numeric order."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", run.name)]
+
+
+def sweep_runs(sweep_dir: Path) -> list[Path]:
+    """The run folders of a sweep; every one must hold checkpoints/best.ckpt, so an ensemble
+    never silently skips an unfinished run."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep_dir}")
+    runs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or (p / "checkpoints").is_dir())),
+                  key=_run_order)
+    if not runs:
+        raise FileNotFoundError(f"{sweep_dir} holds no run folders (subfolders with config.yaml); give the folder of a "
+                                "sweep (python train.py -m ...), e.g. runs/multirun/<experiment>/<time>")
+    for run in runs:
+        if not (run / "checkpoints" / "best.ckpt").is_file():
+            raise FileNotFoundError(f"{run} has no checkpoints/best.ckpt (unfinished or failed run); finish it with "
+                                    f"resume={run / 'checkpoints' / 'last.ckpt'} or move the folder out of {sweep_dir}")
+    return runs
+
+
+def run_fold(run: Path) -> int | None:
+    """The data.fold a run was trained on (from its config.yaml), None when not a fold run."""
+    config = run / "config.yaml"
+    return yaml.safe_load(config.read_text()).get("data", {}).get("fold") if config.is_file() else None
+
+
+def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
+    paths = list(args.checkpoint)
+    for sweep in args.checkpoints_from:
+        paths += [run / "checkpoints" / "best.ckpt" for run in sweep_runs(sweep)]
+    if not paths:
+        raise ValueError("no model given: pass --checkpoint CKPT (repeatable) and/or --checkpoints-from SWEEP_DIR")
+    return paths
+
+
+def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint], list[str], Predictor]:
+    """Checkpoints (one class list), their classes and the weighted TTA/multi-scale predictor."""
+    checkpoints = [load_checkpoint(p) for p in checkpoint_paths(args)]
+    classes = same_classes(checkpoints)
+    return checkpoints, classes, Predictor(checkpoints, args.weights, args.tta, args.scales, args.device)
