@@ -30,6 +30,13 @@ def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
+def summarize(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """mIoU (NaN-ignoring mean), pixel accuracy and `IoU/<class>` of one confusion matrix."""
+    iou = iou_per_class(confusion)
+    out = {"mIoU": torch.nanmean(iou), "pixel_acc": confusion.diag().sum().double() / confusion.sum().clamp(min=1)}
+    return out | {f"IoU/{name}": value for name, value in zip(class_names, iou)}
+
+
 class SegmentationMetric(Metric):
     full_state_update = False
     is_differentiable = False
@@ -54,12 +61,6 @@ class SegmentationMetric(Metric):
                 self.images += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
-        iou = iou_per_class(self.confusion)
-        total = self.confusion.sum()
-        out = {
-            "mIoU": torch.nanmean(iou),
-            "pixel_acc": self.confusion.diag().sum().double() / total.clamp(min=1),
-            "mIoU_per_image": self.image_miou_sum / self.images.clamp(min=1),
-        }
-        out |= {f"IoU/{name}": value for name, value in zip(self.class_names, iou)}
-        return out
+        out = summarize(self.confusion, self.class_names)
+        return {"mIoU": out.pop("mIoU"), "pixel_acc": out.pop("pixel_acc"),
+                "mIoU_per_image": self.image_miou_sum / self.images.clamp(min=1)} | out

@@ -16,10 +16,15 @@ from .predictor import Predictor
 from .tta import TTA_MODES
 
 
-def add_model_args(parser: argparse.ArgumentParser, sweep_help: str = "every run's best.ckpt of a sweep folder, equal weights") -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", type=Path, default=[], help="repeat for an ensemble")
-    parser.add_argument("--checkpoints-from", action="append", type=Path, default=[], metavar="SWEEP_DIR", help=sweep_help)
+    parser.add_argument("--checkpoints-from", action="append", type=Path, default=[], metavar="SWEEP_DIR",
+                        help="every run's best.ckpt of a sweep folder (e.g. all folds); repeatable, equal weights")
     parser.add_argument("--weights", nargs="+", type=float, help="one per checkpoint (default equal)")
+    add_predictor_args(parser)
+
+
+def add_predictor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", default="none", choices=list(TTA_MODES))
     parser.add_argument("--scales", nargs="+", type=float, default=[1.0])
     parser.add_argument("--batch-size", type=int, default=4)
@@ -54,10 +59,17 @@ def sweep_runs(sweep_dir: Path) -> list[Path]:
     return runs
 
 
+def run_config(run: Path) -> dict:
+    """A run folder's resolved config.yaml."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a trashseg run folder")
+    return yaml.safe_load(path.read_text())
+
+
 def run_fold(run: Path) -> int | None:
-    """The data.fold a run was trained on (from its config.yaml), None when not a fold run."""
-    config = run / "config.yaml"
-    return yaml.safe_load(config.read_text()).get("data", {}).get("fold") if config.is_file() else None
+    """The data.fold a run was trained on, None when it was not a fold run."""
+    return run_config(run)["data"].get("fold")
 
 
 def checkpoint_paths(args: argparse.Namespace) -> list[Path]:

@@ -1,0 +1,114 @@
+"""The winning workflow on ../shared/data/trashcan, measured with the real commands:
+
+1. the pool = TrashCan train + val (2,500 frames), video-grouped 3 folds (`trashseg.data.kfold --group-by vid_NNNNNN`);
+2. the CPU recipe (`experiment=trashcan_curve`: unet_tiny at 180x240) on every fold, the same
+   step budget per fold, one sweep folder;
+3. the OOF score (`trashseg.inference.oof`) beside each fold's own best val mIoU;
+4. one pseudo-label round with TrashCan's val treated as unlabelled: a model trained on train
+   alone labels val (`trashseg.inference.pseudo`), then a model trained on train + pseudo(val)
+   is scored on val's TRUE labels, against training on train alone, same step budget.
+
+    python benchmarks/bench_workflow_trashcan.py [--steps 104] [--work benchmarks/results/workflow] [OVERRIDE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
+RECIPE = ["experiment=trashcan_curve", "trainer.enable_progress_bar=false", "trainer.max_time=null",
+          "trainer.max_epochs=1", "trainer.val_check_interval=1.0", "data.num_workers=2"]
+
+
+def run(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *args], cwd=REPO, check=True)
+    return time.perf_counter() - start
+
+
+def pool_json(out: Path) -> Path:
+    """train + val in one COCO file, file names relative to the TrashCan root, ids made unique."""
+    pool = {"images": [], "annotations": []}
+    offset = 0
+    for split in ("train", "val"):
+        coco = json.loads((TRASHCAN / split / "annotations.json").read_text())
+        pool.setdefault("categories", coco["categories"])
+        ids = {im["id"]: im["id"] + offset for im in coco["images"]}
+        pool["images"] += [{**im, "id": ids[im["id"]], "file_name": f"{split}/{im['file_name']}"} for im in coco["images"]]
+        pool["annotations"] += [{**a, "id": len(pool["annotations"]) + k + 1, "image_id": ids[a["image_id"]]}
+                                for k, a in enumerate(coco["annotations"])]
+        offset = max(ids.values()) + 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(pool))
+    return out
+
+
+def best_val(run_dir: Path) -> tuple[float, int]:
+    val = pd.read_csv(run_dir / "metrics.csv").dropna(subset=["val/mIoU"])
+    best = val.loc[val["val/mIoU"].idxmax()]
+    return float(best["val/mIoU"]), int(best["step"])
+
+
+def folds_and_oof(work: Path, steps: int, overrides: list[str]) -> None:
+    pool = pool_json(work / "pool" / "train_all.json")
+    run(["-m", "trashseg.data.kfold", "--root", str(TRASHCAN), "--ann", str(pool), "--folds", "3", "--seed", "0",
+         "--group-by", r"vid_\d+", "--out", str(work / "folds"), "--force"])
+    sweep = work / "fold_sweep"
+    seconds = run(["train.py", "-m", *RECIPE, "data.fold=0,1,2", f"data.folds_dir={work / 'folds'}",
+                   "data.images_relative_to=root", f"trainer.limit_train_batches={steps}",
+                   f"hydra.sweep.dir={sweep}", *overrides])
+    print(f"3 folds trained in {seconds / 60:.1f} min")
+    # the recipe trains at 180x240 (frames are 480 wide): predict at half size, like training saw them
+    run(["-m", "trashseg.inference.oof", str(sweep), "--scales", "0.5", "--num-workers", "2", "--batch-size", "8"])
+    report = json.loads((sweep / "oof" / "oof.json").read_text())
+    rows = [{"fold": f["fold"], "val images": f["images"], "fold's own best val mIoU (training log, 180x240)": f["logged_val_mIoU"],
+             "fold mIoU (OOF scorer, full resolution, --scales 0.5)": f["mIoU"]} for f in report["folds"]]
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+    spread = report["fold_spread"]
+    print(f"OOF (CV) mIoU over all {report['images']} images: {report['cv']['mIoU']:.4f}; per-fold mean "
+          f"{spread['mean']:.4f} +- {spread['std']:.4f}")
+    print("OOF per-class IoU: " + ", ".join(f"{c} {report['cv'][f'IoU/{c}']:.3f}" for c in report["classes"]))
+
+
+def pseudo_round(work: Path, steps: int, overrides: list[str]) -> None:
+    """Same step budget for both arms; val's true labels score both."""
+    alone = work / "train_only"
+    run(["train.py", *RECIPE, f"trainer.limit_train_batches={steps}", f"hydra.run.dir={alone}", *overrides])
+    pseudo = work / "pseudo" / "val_pseudo.json"
+    run(["-m", "trashseg.inference.pseudo", "--checkpoint", str(alone / "checkpoints" / "best.ckpt"), "--split", "val",
+         "--out", str(pseudo), "--min-confidence", "0.9", "--scales", "0.5", "--num-workers", "2", "--batch-size", "8"])
+    with_pseudo = work / "train_plus_pseudo"
+    extra = f"data.extra_train=[{{root:{TRASHCAN / 'val'},ann:{pseudo},images_relative_to:root,crowd:ignore}}]"
+    run(["train.py", *RECIPE, f"trainer.limit_train_batches={steps}", extra, f"hydra.run.dir={with_pseudo}", *overrides])
+    rows = []
+    for name, run_dir in (("train only", alone), ("train + pseudo(val), 1 round", with_pseudo)):
+        miou, step = best_val(run_dir)
+        rows.append({"model": name, "steps": step + 1, "val mIoU (true labels)": miou})
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=104, help="training steps per model (batch 16)")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "workflow")
+    parser.add_argument("--skip-folds", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py, e.g. loss=ce_dice")
+    args = parser.parse_args()
+    if not TRASHCAN.is_dir():
+        sys.exit(f"error: {TRASHCAN} not found; this benchmark needs the TrashCan data")
+    work = args.work.resolve() / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if not args.skip_folds:
+        folds_and_oof(work, args.steps, args.overrides)
+    pseudo_round(work, args.steps, args.overrides)
+
+
+if __name__ == "__main__":
+    main()

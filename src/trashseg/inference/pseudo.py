@@ -1,0 +1,118 @@
+"""Pseudo-labels: a COCO file for unlabelled images from the averaged probabilities at FULL
+resolution (never from the 256x256 CSV, whose upsampling mislabels every object edge).
+
+    python -m trashseg.inference.pseudo --checkpoints-from runs/multirun/<exp>/<time> --tta hflip \
+        --split test --out data/recycle/pseudo/test_pseudo.json --min-confidence 0.9
+
+Per kept image, one annotation per predicted class (its confident pixels, compressed RLE) with
+the training JSON's category ids and names, plus one `iscrowd: 1` annotation over the pixels
+whose top probability is under `--min-confidence`: train with `crowd: ignore` (as the
+`recycle_pseudo` experiment does) and they become 255, counted by neither loss nor metric.
+Images whose mean top probability is under `--min-image-confidence` are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from trashseg.cli import run_or_report
+from trashseg.data.coco import read_coco
+from trashseg.data.kfold import fold_annotations
+
+from .loop import build_loader, predict_probs
+from .options import add_data_args, add_model_args, load_predictor
+
+
+def training_categories(cfg: dict, classes: list[str], data_root: Path | None) -> list[dict]:
+    """The categories of the checkpoint's training JSON (ids and names), in class order; when
+    that file is not at hand, the competition's convention: category id = label."""
+    data = cfg["data"]
+    root = data_root or Path(data["root"])
+    ann = fold_annotations(root, data["folds_dir"], data["fold"])[0] if data.get("fold") is not None else data["train_ann"]
+    by_name = {c["name"]: c for c in read_coco(root / ann).get("categories", [])} if (root / ann).is_file() else {}
+    return [by_name.get(name, {"id": label, "name": name, "supercategory": name}) for label, name in enumerate(classes) if label]
+
+
+def encode(mask: np.ndarray) -> dict:
+    """0/1 H x W -> compressed RLE with a JSON-ready string `counts`."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def annotate(labels: np.ndarray, confident: np.ndarray, categories: list[dict], image_id: int, next_id: int) -> list[dict]:
+    """Annotations of one image: a region per predicted foreground class, then the unconfident pixels as crowd."""
+    regions = [(categories[label - 1]["id"], (labels == label) & confident, 0) for label in np.unique(labels[confident]) if label]
+    if not confident.all():
+        unsure = ~confident
+        # a crowd region needs a category; the one predicted most often there (crowd: ignore paints 255 anyway)
+        counts = np.bincount(labels[unsure], minlength=len(categories) + 1)[1:]
+        regions.append((categories[int(counts.argmax())]["id"], unsure, 1))
+    out = []
+    for k, (category_id, mask, crowd) in enumerate(regions):
+        rle = encode(mask)
+        out.append({"id": next_id + k, "image_id": image_id, "category_id": int(category_id), "segmentation": rle,
+                    "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": crowd})
+    return out
+
+
+def pseudo_label(args: argparse.Namespace) -> str:
+    if not 0.0 <= args.min_confidence <= 1.0 or not 0.0 <= args.min_image_confidence <= 1.0:
+        raise ValueError("--min-confidence and --min-image-confidence are probabilities between 0 and 1")
+    checkpoints, classes, predictor = load_predictor(args)
+    cfg = checkpoints[0].cfg
+    loader = build_loader(cfg, args.split, classes, args.data_root, args.ann, args.batch_size, args.num_workers, args.device)
+    categories = training_categories(cfg, classes, args.data_root)
+    source = read_coco(loader.dataset.ann_path)
+    image_entry = {im["id"]: im for im in source["images"]}
+    images, annotations, skipped, unsure_pixels, pixels = [], [], 0, 0, 0
+    for item, probs in predict_probs(predictor, loader, desc="pseudo-label"):
+        confidence, labels = (t.cpu().numpy() for t in probs.max(0))
+        if confidence.mean() < args.min_image_confidence:
+            skipped += 1
+            continue
+        confident = confidence >= args.min_confidence
+        image_id = int(item["id"])
+        images.append(image_entry[image_id])
+        annotations += annotate(labels.astype(np.int64), confident, categories, image_id, len(annotations) + 1)
+        unsure_pixels, pixels = unsure_pixels + int((~confident).sum()), pixels + confident.size
+    coco = {"info": {"description": "trashseg pseudo-labels; train with crowd: ignore (iscrowd regions = unconfident pixels)",
+                     "checkpoints": [str(c.path) for c in checkpoints], "tta": args.tta, "scales": args.scales,
+                     "min_confidence": args.min_confidence, "min_image_confidence": args.min_image_confidence,
+                     "source": str(loader.dataset.ann_path)},
+            "images": images, "annotations": annotations, "categories": categories}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(coco))
+        os.replace(tmp, args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return (f"wrote {args.out}: {len(images)} images ({skipped} left out under --min-image-confidence "
+            f"{args.min_image_confidence}), {len(annotations)} annotations, {unsure_pixels / max(pixels, 1):.1%} of pixels "
+            f"unconfident (ignored under crowd: ignore). Train on it with: python train.py -m experiment=recycle_pseudo "
+            f"data.fold=0,1,2,3,4 'data.extra_train=[{{ann:{args.out.resolve()},crowd:ignore}}]'")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="COCO pseudo-labels from the averaged full-resolution probabilities.")
+    add_model_args(parser)
+    add_data_args(parser)
+    parser.add_argument("--split", default="test", choices=["test", "val"], help="which annotation file's images to label")
+    parser.add_argument("--out", type=Path, required=True, help="the COCO file to write, e.g. DATA_ROOT/pseudo/test_pseudo.json")
+    parser.add_argument("--min-confidence", type=float, default=0.9,
+                        help="pixels whose top probability is lower become an iscrowd region (255 under crowd: ignore)")
+    parser.add_argument("--min-image-confidence", type=float, default=0.0,
+                        help="leave out images whose mean top probability is lower")
+    args = parser.parse_args(argv)
+    return run_or_report(lambda: pseudo_label(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
