@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from trashseg.checkpoint_file import CheckpointFileError, read_checkpoint, run_config
 from trashseg.models import build_model
 
 
@@ -23,18 +23,18 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """One line (FileNotFoundError or ValueError) for a missing, truncated, foreign or code-holding file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
-    try:
-        cfg = ckpt["hyper_parameters"]["cfg"]
-    except KeyError:
-        raise ValueError(f"{path} is not a trashseg training checkpoint (no hyper_parameters.cfg)") from None
+    ckpt = read_checkpoint(path)  # weights_only: tensors and plain containers only
+    cfg = run_config(ckpt, path)
     model_cfg = {**cfg["model"], "pretrained": None}  # the weights come from the checkpoint
     model = build_model(model_cfg, len(cfg["data"]["classes"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointFileError(f"{path}: its weights do not fit the model its config describes "
+                                  f"({str(err).splitlines()[0]}); the file was altered or written by other code") from None
     return LoadedCheckpoint(path, model.eval(), cfg)
 
 

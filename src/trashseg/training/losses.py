@@ -52,10 +52,15 @@ class WeightedLoss(nn.Module):
         super().__init__()
         if not terms:
             raise ValueError("loss.terms is empty; give at least one term such as {name: ce}")
+        self.ignore_index = ignore_index
         self.names = [t["name"] for t in terms]
         self.weights = [float(t.get("weight", 1.0)) for t in terms]
         self.terms = nn.ModuleList(build_term(t["name"], t.get("params") or {}, ignore_index) for t in terms)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()
+        if not (target != self.ignore_index).any():
+            # No labelled pixel (all 255, e.g. crowd or padding only): CE and focal would give 0/0 = NaN,
+            # lovasz an empty tensor, jaccard an error. Zero, still attached to every parameter's graph.
+            return logits.new_zeros((), dtype=torch.float32) + 0.0 * logits.float().sum()
         return sum(w * term(logits.float(), target) for w, term in zip(self.weights, self.terms))

@@ -3,11 +3,13 @@ competition metric on validation, optimizer groups and a per-step schedule."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import lightning as L
 import numpy as np
 import torch
+from torchmetrics import MeanMetric
 
 from trashseg.data.normalize import Normalize
 from trashseg.metric import SegmentationMetric
@@ -34,6 +36,10 @@ class SegmentationModule(L.LightningModule):
         self.criterion = WeightedLoss(cfg["loss"]["terms"])
         self.aux_weight = float(cfg["loss"].get("aux_weight", 0.4))
         self.val_metric = SegmentationMetric(len(self.classes), self.classes)
+        # Weighted by images and summed across processes: under DDP a mean of per-rank means is wrong
+        # when ranks hold different numbers of images.
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.schedule_steps: float | None = None  # optimizer steps the lr schedule is sized for
         wandb_cfg = cfg.get("logger", {}).get("wandb", {})
         self.overlays_wanted = int(wandb_cfg.get("overlays") or 0) if wandb_cfg.get("enabled") else 0
         self.overlay_batch: dict | None = None
@@ -58,7 +64,9 @@ class SegmentationModule(L.LightningModule):
                 "the last good checkpoint is kept (checkpoints/last.ckpt). Lower optimizer.lr, add gradient clipping "
                 "(trainer.gradient_clip_val) or use precision 32-true"
             )
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        # Per step only: an epoch aggregate would reach the logger after the epoch's checkpoint is written,
+        # so a kill in between would lose it for good (training.history).
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -68,7 +76,7 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
         target = batch["mask"]
-        self.log("val/loss", self._loss(logits, target), on_epoch=True, sync_dist=True, batch_size=len(target))
+        self.val_loss.update(self._loss(logits, target), weight=len(target))
         preds = logits.argmax(1)
         self.val_metric.update(preds, target)
         if batch_idx == 0 and self.overlays_wanted:
@@ -76,18 +84,26 @@ class SegmentationModule(L.LightningModule):
             self.overlay_batch = {"image": batch["image"][:n].cpu(), "mask": target[:n].cpu(), "pred": preds[:n].cpu()}
 
     def on_validation_epoch_end(self) -> None:
-        results = self.val_metric.compute()
-        self.log_dict({f"val/{k}": v.float() for k, v in results.items()}, sync_dist=False)
+        results = self.val_metric.compute() | {"loss": self.val_loss.compute()}
+        self.log_dict({f"val/{k}": v.float() for k, v in results.items()}, sync_dist=False)  # already summed over ranks
         self.last_confusion = self.val_metric.confusion.detach().cpu()
         self.val_metric.reset()
+        self.val_loss.reset()
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.cfg["optimizer"])
         if self.trainer.is_global_zero:
             print("optimizer groups:\n" + groups_table(optimizer.param_groups))
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        # Sized from the Trainer's own estimate (max_steps, max_epochs, limit_train_batches, accumulation);
+        # math.inf for a run bounded only by max_time, which only unsized schedules accept.
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if trainer.train_dataloader is None:  # max_epochs=-1: the estimate did not load the data
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        per_epoch = math.inf if math.isinf(batches) else max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
         scheduler = build_scheduler(optimizer, self.cfg["scheduler"], total, per_epoch)
+        self.schedule_steps = total
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # RNG state travels with the checkpoint (as tensors and ints, loadable with weights_only=True),

@@ -31,10 +31,34 @@ def build_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
     return cls(groups, **extra)
 
 
-def multiplier(cfg: Mapping, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """lr multiplier per optimizer step for scheduler `cfg` (a mapping with `name`)."""
+# Schedules that run to an end: they must know the run's length in optimizer steps.
+SIZED = {"poly", "cosine", "cosine_restarts"}
+EPOCH_KEYS = ("warmup_epochs", "step_size_epochs", "milestones_epochs")
+
+
+def check_sizable(cfg: Mapping, total_steps: float, steps_per_epoch: float) -> None:
+    """A clear error for a schedule that cannot be sized: an unbounded run (max_epochs=-1 without
+    max_steps, e.g. max_time alone) for poly/cosine, an unknown epoch length for epoch-based keys."""
     name = cfg["name"]
-    warmup = int(cfg.get("warmup_steps", 0) or 0) + int(cfg.get("warmup_epochs", 0) or 0) * steps_per_epoch
+    if name in SIZED and math.isinf(total_steps):
+        raise ValueError(
+            f"scheduler {name} needs the run's length, but trainer.max_epochs=-1 and no trainer.max_steps leave it "
+            "unbounded (trainer.max_time alone cannot size it); set trainer.max_epochs or trainer.max_steps, or use "
+            "scheduler=constant, step or multistep")
+    epoch_keys = [k for k in EPOCH_KEYS if cfg.get(k)]
+    if epoch_keys and math.isinf(steps_per_epoch):
+        raise ValueError(f"scheduler.{epoch_keys[0]} needs the number of batches per epoch, which an iterable train "
+                         "set does not have; give the schedule in steps (scheduler.warmup_steps) instead")
+
+
+def multiplier(cfg: Mapping, total_steps: float, steps_per_epoch: float) -> Callable[[int], float]:
+    """lr multiplier per optimizer step for scheduler `cfg` (a mapping with `name`); `total_steps`
+    and `steps_per_epoch` are optimizer steps (math.inf where the run or the epoch is unbounded)."""
+    check_sizable(cfg, total_steps, steps_per_epoch)
+    name = cfg["name"]
+    warmup = int(cfg.get("warmup_steps", 0) or 0)
+    if cfg.get("warmup_epochs"):
+        warmup += int(cfg["warmup_epochs"]) * steps_per_epoch
     main_steps = max(total_steps - warmup, 1)
     floor = cfg.get("min_lr_ratio", 0.0)
 
@@ -64,5 +88,5 @@ def multiplier(cfg: Mapping, total_steps: int, steps_per_epoch: int) -> Callable
     return with_warmup
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping, total_steps: int, steps_per_epoch: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping, total_steps: float, steps_per_epoch: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier(cfg, total_steps, steps_per_epoch))

@@ -3,31 +3,38 @@
 A run folder holds `config.yaml` (resolved), `metrics.csv`, `checkpoints/{best,last}.ckpt`
 and W&B's offline files. `resume: auto` continues the newest run of the same experiment,
 `resume: PATH` a given checkpoint; the run then continues in that checkpoint's folder.
+Every file is written atomically, by global rank 0 only; a kill at any point leaves a run
+that `resume=auto` finishes as if it had never stopped.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
-import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from trashseg.data.datamodule import TrashDataModule
+from trashseg.checkpoint_file import read_checkpoint, run_config
+from trashseg.data.coco import read_coco
 
+from .checkpoint_io import AtomicCheckpointIO
 from .config_check import check_config
+from .history import MetricsHistory
 from .module import SegmentationModule
+from .optim import check_sizable
+from .resumable import TrainingDataModule
+from .resume_check import check_resume_config
+from .run_folder import RunFolder, used
+from .schedule_horizon import ScheduleHorizon
 from .wandb_media import WandbMedia
 
 
-def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str, current: Path) -> Path | None:
+def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str) -> Path | None:
     if not resume:
         return None
     if resume != "auto":
@@ -35,7 +42,8 @@ def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str, 
         if not path.is_file():
             raise FileNotFoundError(f"resume checkpoint not found: {path} (resume takes auto or a .ckpt path)")
         return path
-    candidates = [p for p in (runs_dir / experiment).glob("*/checkpoints/last.ckpt") if p.parent.parent != current]
+    # A folder Hydra has just made holds no checkpoint; one given with hydra.run.dir may, and is then the newest.
+    candidates = list((runs_dir / experiment).glob("*/checkpoints/last.ckpt"))
     if not candidates:
         raise FileNotFoundError(f"resume=auto: no earlier run of {experiment!r} with checkpoints/last.ckpt under {runs_dir}")
     return max(candidates, key=lambda p: p.stat().st_mtime)
@@ -48,33 +56,25 @@ def plain_config(cfg: DictConfig) -> dict:
     return plain
 
 
-def write_yaml(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+def check_annotations(data: dict) -> None:
+    """Train and val annotation files must hold annotations: a test split (or an emptied file)
+    would train on all-background masks without a word."""
+    for key in ("train_ann", "val_ann"):
+        path = Path(data["root"]) / data[key]
+        if path.is_file() and not read_coco(path).get("annotations"):
+            raise ValueError(f"{path} (data.{key}) has no annotations, so every mask would be background; point "
+                             f"data.{key} at an annotated file (test.json has none)")
 
 
-def keep_earlier_metrics(run_dir: Path, start: int | None):
-    """Lightning's CSV logger starts metrics.csv afresh; on resume from epoch `start`, set the
-    earlier rows aside and return a function that puts them back in front."""
-    metrics = run_dir / "metrics.csv"
-    if start is None or not metrics.is_file():
-        return lambda: None
-    earlier = pd.read_csv(metrics)
-    earlier = earlier[earlier["epoch"] <= start]
-
-    def restore() -> None:
-        later = pd.read_csv(metrics) if metrics.is_file() else earlier.iloc[0:0]
-        merged = pd.concat([earlier, later[later["epoch"] > start]], ignore_index=True)
-        tmp = metrics.with_suffix(".tmp")
-        merged.to_csv(tmp, index=False)
-        os.replace(tmp, metrics)
-
-    return restore
+def check_schedule(cfg: dict) -> None:
+    """The schedule errors the Trainer's estimate would raise later, from the config alone."""
+    trainer = cfg["trainer"]
+    unbounded = trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) in (-1, None)
+    check_sizable(cfg["scheduler"], float("inf") if unbounded else 1.0, 1.0)
 
 
 def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")] if cfg["logger"]["csv"] else []
+    loggers = [MetricsHistory(run_dir)] if cfg["logger"]["csv"] else []
     wb = cfg["logger"]["wandb"]
     if wb["enabled"]:
         flat = pd.json_normalize(cfg, sep=".").iloc[0].to_dict()  # flat keys: W&B's run table filters on any
@@ -86,40 +86,48 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     return loggers
 
 
-# The run folder already holds config.yaml when the CSV logger starts; resume is handled above.
 warnings.filterwarnings("ignore", "Experiment logs directory .* exists and is not empty")
+# Our train loader is resumable (training.resumable); Lightning's hint assumes it is not.
+warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit; returns the final logged metrics (floats)."""
     check_config(cfg)
-    runs_dir = Path(cfg.runs_dir)
-    ckpt = find_resume_checkpoint(cfg.resume, runs_dir, cfg.experiment_name, run_dir)
+    plain = plain_config(cfg)
+    check_schedule(plain)
+    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name)
+    resume = None
     if ckpt is not None:
+        # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
+        resumed = read_checkpoint(ckpt, mmap=True)
+        changed = check_resume_config(run_config(resumed, ckpt), plain, str(ckpt))
+        resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
+                  "changed": changed, "wandb_run_id": resumed.get("wandb_run_id")}
         fresh, run_dir = run_dir, ckpt.parent.parent
         if fresh.exists() and fresh != run_dir and not any(p.name != ".hydra" for p in fresh.iterdir()):
             shutil.rmtree(fresh)  # the folder Hydra made for this invocation stays unused
+    elif used(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); continue it with "
+                              "resume=auto (or resume=PATH), or give a new hydra.run.dir")
+    check_annotations(plain["data"])
     L.seed_everything(cfg.seed, workers=True)
-    plain = plain_config(cfg)
-    # Build first: a setup error (data, model options, offline weights) leaves no run folder content.
-    datamodule = TrashDataModule(**plain["data"], augment=plain["augment"])
+    datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
     module = SegmentationModule(plain)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", plain)
 
-    # mmap: read the checkpoint's small fields without loading its tensors (Lightning loads them)
-    resumed = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True) if ckpt else {}
-    loggers = build_loggers(plain, run_dir, resumed.get("wandb_run_id"))
-    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-    if wandb_loggers:
-        module.wandb_run_id = wandb_loggers[0].experiment.id
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max",
-                                  save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
+    loggers = build_loggers(plain, run_dir, resume and resume.pop("wandb_run_id"))
+    folder = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
+                           auto_insert_metric_name=False)
+    # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
+    # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
+    last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    callbacks = [best, last, RunFolder(run_dir, plain, resume), ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
+    callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
     trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
-                        callbacks=[checkpoints, WandbMedia()], use_distributed_sampler=False)
-    restore_metrics = keep_earlier_metrics(run_dir, resumed.get("epoch"))
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-    finally:
-        restore_metrics()
+                        callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
+        module.wandb_run_id = wandb_loggers[0].experiment.id
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

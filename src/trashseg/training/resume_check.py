@@ -1,0 +1,62 @@
+"""Resuming with a config that differs from the checkpoint's.
+
+A resumed run restores the model, optimizer (its lr and state), scheduler and data position from
+the checkpoint, so most changed keys would not take effect while config.yaml said they had:
+those are refused, naming every one. Keys that only say how long, where or how fast to run are
+applied for real (the schedule is rebuilt from the Trainer's new estimate) and recorded in the
+run folder's resumes.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+# Dotted keys (or prefixes ending in ".") a resume may change.
+APPLIED_ON_RESUME = (
+    "resume", "runs_dir", "logger.",
+    "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps", "trainer.benchmark",
+    "data.root", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+    "data.val_batch_size", "data.synthetic.",
+)
+
+
+def flat(cfg: Mapping) -> dict:
+    return pd.json_normalize(dict(cfg), sep=".").iloc[0].to_dict() if cfg else {}
+
+
+def _applied(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in APPLIED_ON_RESUME)
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN == NaN for the comparison's purpose
+    except (TypeError, ValueError):
+        return repr(a) == repr(b)
+
+
+def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
+    """{dotted key: (checkpoint's value, new value)} for every key that differs."""
+    old, now = flat(saved), flat(new)
+    missing = object()
+    return {k: (old.get(k), now.get(k)) for k in sorted(old.keys() | now.keys())
+            if not _same(old.get(k, missing), now.get(k, missing))}
+
+
+def check_resume_config(saved: Mapping, new: Mapping, ckpt_name: str) -> dict[str, tuple]:
+    """The changes a resume applies; a ValueError naming the ones it cannot."""
+    changes = {k: v for k, v in config_changes(saved, new).items() if k != "resume"}
+    refused = {k: v for k, v in changes.items() if not _applied(k)}
+    if refused:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(refused.items())[:6])
+        more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+        raise ValueError(
+            f"resuming {ckpt_name} with a different {listed}{more}: the checkpoint restores the model, optimizer and "
+            "schedule, so this would not take effect; drop these overrides to resume, or start a new run without "
+            "resume= to train with them")
+    return changes

@@ -1,0 +1,46 @@
+"""The run folder's own files, written by global rank 0 once the run is set up.
+
+Written in on_fit_start, after the data sets are read, the model is built, the schedule is sized
+and a checkpoint is restored, so a setup error leaves no file behind; on rank 0 only, so the
+processes of a DDP run (on one machine or several sharing the folder) never race on a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import yaml
+from lightning.pytorch.utilities import rank_zero_info
+
+from trashseg.atomic import remove_temps_in, write_text
+
+
+def used(run_dir: Path) -> bool:
+    """Whether `run_dir` already holds a run (its config.yaml alone does not count)."""
+    return (run_dir / "metrics.csv").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+class RunFolder(L.Callback):
+    def __init__(self, run_dir: Path, config: dict, resume: dict | None = None):
+        """`resume`: {checkpoint, epoch, global_step, changed: {key: (old, new)}} when resuming."""
+        self.run_dir, self.config, self.resume = Path(run_dir), config, resume
+
+    def on_fit_start(self, trainer: L.Trainer, module) -> None:
+        if not trainer.is_global_zero:
+            return
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            remove_temps_in(folder)  # left by a process killed while writing
+        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+        if self.resume and self.resume["changed"]:
+            log = self.run_dir / "resumes.yaml"
+            entries = yaml.safe_load(log.read_text()) or [] if log.is_file() else []
+            changed = {k: {"was": a, "now": b} for k, (a, b) in self.resume["changed"].items()}
+            entries.append({k: v for k, v in self.resume.items() if k != "changed"} | {"changed": changed})
+            write_text(log, yaml.safe_dump(entries, sort_keys=False))
+            rank_zero_info("resume applies " + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in self.resume["changed"].items()))
+
+    def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            rank_zero_info(f"interrupted; {self.run_dir / 'checkpoints' / 'last.ckpt'} holds the last checkpoint: run the "
+                           "same command with resume=auto to continue")
