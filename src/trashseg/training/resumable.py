@@ -1,11 +1,14 @@
-"""A train loader that Lightning can resume in the middle of an epoch.
+"""A train loader that resumes in the middle of an epoch.
 
 Lightning saves a checkpoint after every validation, also mid-epoch (`val_check_interval < 1`,
-a `max_time` stop, Ctrl-C). Resuming from one, a plain DataLoader starts its epoch over and
-Lightning stops it early, so the batches already trained on are trained again and the rest of
-the epoch never is. A loader with `state_dict`/`load_state_dict` is restored instead: here the
-state is (epoch, batches served) and the batch sampler skips those batches' indices, without
-reading their images.
+a `max_time` stop). Resuming from one, a plain DataLoader starts its epoch over and Lightning
+stops it early, so the batches already trained on are trained again and the rest of the epoch
+never is. Here the loader's position (epoch, batches served) travels in the checkpoint and its
+batch sampler skips those batches' indices on resume, without reading their images.
+
+Lightning restores `state_dict`-capable loaders itself, but only when it builds the loader after
+loading the checkpoint; `estimated_stepping_batches` (our schedule sizing) builds it before, so
+that restore never happens. `ResumeMidEpoch` (a callback) carries the position instead.
 
 The iterator is also created lazily, on the first batch: Lightning creates it before calling
 `set_epoch` on the sampler when it resumes at an epoch boundary, and worker processes would
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+import lightning as L
 from torch.utils.data import DataLoader, Sampler
 
 from trashseg.data.datamodule import TrashDataModule
@@ -40,11 +44,15 @@ class SkipBatches(Sampler):
 class ResumableDataLoader(DataLoader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._position = (-1, 0)  # (epoch, batches served in it)
+        self.position = (-1, 0)  # (epoch, batches served in it)
         self._resume_at: tuple[int, int] | None = None
 
     def _epoch(self) -> int:
         return int(getattr(self.batch_sampler.sampler, "epoch", 0))
+
+    def resume_at(self, epoch: int, served: int) -> None:
+        """The next iteration, if it is of `epoch`, starts after its first `served` batches."""
+        self._resume_at = (epoch, served)
 
     def __iter__(self):
         epoch = self._epoch()  # read on the first next(): after Lightning's set_epoch
@@ -54,18 +62,32 @@ class ResumableDataLoader(DataLoader):
             self._resume_at = None
             if resume_epoch == epoch and 0 < resume_served < len(self):
                 self.batch_sampler.skip = served = resume_served
-        self._position = (epoch, served)
+        self.position = (epoch, served)
         for batch in super().__iter__():
             served += 1
-            self._position = (epoch, served)
+            self.position = (epoch, served)
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        epoch, served = self._position
-        return {"epoch": epoch, "batches": served}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_at = (int(state["epoch"]), int(state["batches"]))
+class ResumeMidEpoch(L.Callback):
+    """Stores the train loader's position in each checkpoint and restores it on resume."""
+
+    KEY = "train_loader_position"
+
+    def __init__(self):
+        self._restored: tuple[int, int] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module, checkpoint: dict) -> None:
+        if isinstance(trainer.train_dataloader, ResumableDataLoader):
+            checkpoint[self.KEY] = list(trainer.train_dataloader.position)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module, checkpoint: dict) -> None:
+        self._restored = tuple(checkpoint.get(self.KEY) or ()) or None
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        if self._restored and isinstance(trainer.train_dataloader, ResumableDataLoader):
+            trainer.train_dataloader.resume_at(*self._restored)
+        self._restored = None
 
 
 def resumable(loader: DataLoader) -> ResumableDataLoader:

@@ -27,7 +27,7 @@ from .config_check import check_config
 from .history import MetricsHistory
 from .module import SegmentationModule
 from .optim import check_sizable
-from .resumable import TrainingDataModule
+from .resumable import ResumeMidEpoch, TrainingDataModule
 from .resume_check import check_resume_config
 from .run_folder import RunFolder, used
 from .schedule_horizon import ScheduleHorizon
@@ -86,8 +86,7 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     return loggers
 
 
-warnings.filterwarnings("ignore", "Experiment logs directory .* exists and is not empty")
-# Our train loader is resumable (training.resumable); Lightning's hint assumes it is not.
+# Our train loader resumes mid-epoch (training.resumable), through a callback Lightning does not see.
 warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
 
@@ -122,7 +121,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
     # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
     last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-    callbacks = [best, last, RunFolder(run_dir, plain, resume), ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
+    callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume), ScheduleHorizon(plain["scheduler"]["name"]),
+                 WandbMedia()]
     callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
     trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
                         callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
