@@ -6,7 +6,8 @@ Points, counted from the start of this process (signal KILL unless given, e.g. I
   step:N     before the N-th training step
   fsync:N:PATTERN   at the N-th fsync of a file whose name contains PATTERN; the file is first cut to
              half its size, as if the kill had come in the middle of writing it
-  dirsync:N:PATTERN at the N-th fsync of a folder whose path ends with PATTERN (just after a rename into it)
+  replaced:N:PATTERN just after the N-th rename onto a file whose name is PATTERN (the file is complete,
+             nothing after it has run)
   npsave:N   at the N-th numpy.save (probability files)
   row:N      at the N-th submission row
 The test-only code lives here; the package has no hook for it.
@@ -42,6 +43,20 @@ def _at_nth_call(owner, name, n, sig, before=None, match=lambda *a: True):
     setattr(owner, name, wrapper)
 
 
+def _after_nth_replace(n, name, sig):
+    original, calls = os.replace, {"n": 0}
+
+    def replace(src, dst, *args, **kwargs):
+        result = original(src, dst, *args, **kwargs)
+        if os.path.basename(os.fspath(dst)) == name:
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), sig)
+        return result
+
+    os.replace = replace
+
+
 def _fd_path(fd) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
@@ -59,8 +74,8 @@ def install() -> None:
     elif point == "fsync":
         _at_nth_call(os, "fsync", n, sig, before=_cut_to_half,
                      match=lambda fd: os.path.isfile(_fd_path(fd)) and pattern in os.path.basename(_fd_path(fd)))
-    elif point == "dirsync":
-        _at_nth_call(os, "fsync", n, sig, match=lambda fd: os.path.isdir(_fd_path(fd)) and _fd_path(fd).endswith(pattern))
+    elif point == "replaced":
+        _after_nth_replace(n, pattern, sig)
     elif point == "npsave":
         import numpy
 

@@ -6,18 +6,39 @@ import csv
 import json
 from pathlib import Path
 
+from trashseg.cli import USER_ERRORS, report
+
 from .csv_format import HEADER, SUBMISSION_SIZE
 
 MAX_FAULTS_SHOWN = 10
 
 
+def read_test_ids(test_json: str | Path) -> list[str]:
+    path = Path(test_json)
+    if not path.is_file():
+        raise FileNotFoundError(f"test JSON not found: {path} (--test-json takes the competition's test.json)")
+    try:
+        return [im["file_name"] for im in json.loads(path.read_bytes())["images"]]
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not a COCO test.json with an 'images' list ({type(err).__name__}: {err})") from None
+
+
 def check_submission(csv_path: str | Path, test_json: str | Path, num_classes: int = 11,
                      size: int = SUBMISSION_SIZE) -> list[str]:
     """One line per fault; empty when the file is valid."""
-    expected = [im["file_name"] for im in json.loads(Path(test_json).read_text())["images"]]
+    expected = read_test_ids(test_json)
+    if not Path(csv_path).is_file():
+        raise FileNotFoundError(f"submission not found: {csv_path}")
+    try:
+        return _faults(csv_path, expected, num_classes, size)
+    except UnicodeDecodeError as err:
+        return [f"not a text CSV: byte {err.start} is not UTF-8"]
+
+
+def _faults(csv_path: str | Path, expected: list[str], num_classes: int, size: int) -> list[str]:
     tokens = size * size
     faults: list[str] = []
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8") as f:
         header = f.readline().rstrip("\r\n")
         if header != HEADER:
             return [f"bad header {header[:60]!r}; expected {HEADER!r}"]
@@ -34,7 +55,8 @@ def check_submission(csv_path: str | Path, test_json: str | Path, num_classes: i
             values = prediction.split()
             if len(values) != tokens:
                 faults.append(f"line {line_no}: {len(values)} labels, expected {tokens} ({size}x{size})")
-            bad = [v for v in set(values) if not v.isdigit() or int(v) >= num_classes]
+            # isdigit() alone also accepts digits of other scripts ('٣') and superscripts ('²')
+            bad = [v for v in set(values) if not (v.isascii() and v.isdigit()) or int(v) >= num_classes]
             if bad:
                 faults.append(f"line {line_no}: labels {sorted(bad)[:5]} outside 0..{num_classes - 1}")
     if rows != len(expected):
@@ -43,7 +65,11 @@ def check_submission(csv_path: str | Path, test_json: str | Path, num_classes: i
 
 
 def main(args) -> int:
-    faults = check_submission(args.file, args.test_json, args.num_classes, args.size)
+    try:
+        faults = check_submission(args.file, args.test_json, args.num_classes, args.size)
+    except USER_ERRORS as err:
+        report(err)
+        return 1
     for fault in faults[:MAX_FAULTS_SHOWN]:
         print(f"  {fault}")
     if len(faults) > MAX_FAULTS_SHOWN:

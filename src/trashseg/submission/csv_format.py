@@ -6,13 +6,14 @@ neighbour (for 512 -> 256 that is mask[::2, ::2])."""
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from trashseg.atomic import atomic_write
 
 HEADER = "image_id,PredictionString"
 SUBMISSION_SIZE = 256
@@ -26,10 +27,12 @@ def to_submission_size(labels: np.ndarray, size: int = SUBMISSION_SIZE) -> np.nd
 
 
 def encode_row(labels: np.ndarray) -> str:
-    """Labels (< 100) -> '0 0 3 10 ...' without a Python loop per pixel."""
+    """Labels (0..99) -> '0 0 3 10 ...' without a Python loop per pixel."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= 100):  # before the uint8 cast wraps 256 to 0
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise ValueError(f"label {bad} is outside 0..99; the competition has 11 classes (0..10)")
     flat = labels.ravel().astype(np.uint8)
-    if flat.size and flat.max() >= 100:
-        raise ValueError(f"label {int(flat.max())} has more than two digits; the competition has 11 classes")
     tens, ones = np.divmod(flat, 10)
     chars = np.empty((flat.size, 3), np.uint8)
     chars[:, 0], chars[:, 1], chars[:, 2] = tens + 48, ones + 48, 32
@@ -39,21 +42,26 @@ def encode_row(labels: np.ndarray) -> str:
 
 
 def decode_row(text: str, size: int = SUBMISSION_SIZE) -> np.ndarray:
-    return np.array(text.split(), dtype=np.int64).reshape(size, size)
+    values = text.split()
+    if len(values) != size * size:
+        raise ValueError(f"{len(values)} labels, expected {size * size} ({size}x{size})")
+    if not all(v.isascii() and v.isdigit() for v in set(values)):
+        raise ValueError("labels that are not non-negative integers")
+    return np.array(values, dtype=np.int64).reshape(size, size)
 
 
 class SubmissionWriter:
-    """Streams rows into `<path>.tmp-<pid>` and renames it to `path` only when complete; on an
-    error the temporary file is removed, so no half-written submission is ever left."""
+    """Streams rows into a temporary file beside `path` and renames it to `path` only when complete
+    (trashseg.atomic); on an error the temporary file is removed, so no half-written submission is
+    ever left, and one that a killed process left is removed by the next writer."""
 
     def __init__(self, path: str | Path, size: int = SUBMISSION_SIZE):
         self.path, self.size = Path(path), size
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.ids: set[str] = set()
 
     def __enter__(self) -> SubmissionWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.tmp, "w", newline="")
+        self._writing = atomic_write(self.path, "w", newline="", encoding="utf-8")
+        self.file = self._writing.__enter__()
         self.file.write(HEADER + "\n")
         return self
 
@@ -66,17 +74,24 @@ class SubmissionWriter:
         self.file.write(f"{image_id},{encode_row(to_submission_size(labels, self.size))}\n")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        self._writing.__exit__(exc_type, exc, tb)
 
 
 def read_submission(path: str | Path, size: int = SUBMISSION_SIZE) -> Iterator[tuple[str, np.ndarray]]:
-    """(image_id, label mask) per row, streamed."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for image_id, prediction in reader:
-            yield image_id, decode_row(prediction, size)
+    """(image_id, label mask) per row, streamed; a bad row is one line naming the file and line."""
+    path = Path(path)
+    fix = f"check it with python -m trashseg.submission check {path} --test-json TEST_JSON"
+    with open(path, newline="", encoding="utf-8") as f:
+        try:
+            header = f.readline().rstrip("\r\n")
+            if header != HEADER:
+                raise ValueError(f"{path}: bad header {header[:60]!r}, expected {HEADER!r}: not a submission CSV")
+            for line_no, row in enumerate(csv.reader(f), start=2):
+                if len(row) != 2:
+                    raise ValueError(f"{path} line {line_no}: {len(row)} fields, expected 2; {fix}")
+                try:
+                    yield row[0], decode_row(row[1], size)
+                except ValueError as err:
+                    raise ValueError(f"{path} line {line_no}: {err}; {fix}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not a text CSV (byte {err.start} is not UTF-8); {fix}") from None

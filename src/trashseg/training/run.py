@@ -86,6 +86,7 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     return loggers
 
 
+warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")  # a resumed run's own
 # Our train loader resumes mid-epoch (training.resumable), through a callback Lightning does not see.
 warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
