@@ -86,3 +86,12 @@ def assert_loadable_run(run_dir: Path) -> None:
 def val_epochs(run_dir: Path) -> list:
     table = pd.read_csv(run_dir / "metrics.csv")
     return table.dropna(subset=["val/mIoU"])[["epoch", "step"]].values.tolist()
+
+
+def small_config(data_root: Path, runs_dir: Path, *overrides: str):
+    """The SMALL run's config, composed in-process (for tests that call training.run.train)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name="train",
+                       overrides=[*SMALL, f"data.root={data_root}", f"runs_dir={runs_dir}", *overrides])
