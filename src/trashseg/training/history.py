@@ -33,7 +33,8 @@ class MetricsHistory(Logger, L.Callback):
         self.path = Path(run_dir) / FILE_NAME
         self.flush_every_n_steps = flush_every_n_steps
         self.rows: list[dict[str, Any]] = []
-        self.written = 0  # rows already in the file
+        self.dirty = False  # rows that the file does not hold yet
+        self.flushed_at_step = 0
 
     # -- Logger ------------------------------------------------------------------------------
     @property
@@ -60,27 +61,39 @@ class MetricsHistory(Logger, L.Callback):
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
         row["step"] = len(self.rows) if step is None else step
         self.rows.append(row)
-        if (row["step"] + 1) % self.flush_every_n_steps == 0:
-            self.save()
+        self.dirty = True
+        if row["step"] - self.flushed_at_step >= self.flush_every_n_steps:
+            self.flush()
+            self.flushed_at_step = row["step"]
+
+    def save(self) -> None:
+        """Lightning calls this after every logged row; the whole file is rewritten in flush() instead:
+        before every checkpoint, every `flush_every_n_steps` steps and at the end."""
 
     @rank_zero_only
-    def save(self) -> None:
-        if self.written == len(self.rows) and self.path.is_file():
+    def flush(self) -> None:
+        if not self.dirty:  # also: a run that failed before logging anything leaves no file
             return
         columns = sorted(set().union(*self.rows)) if self.rows else ["epoch", "step"]
         with atomic_write(self.path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        self.written = len(self.rows)
+        self.dirty = False
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.save()
+        if status == "success":
+            self.flush()
+            return
+        try:  # the rows past the last checkpoint, for a look at what happened; resume drops them
+            self.flush()
+        except OSError:
+            pass  # never hide the error that stopped the run behind this one
 
     # -- Callback: the checkpoint records how many rows precede it ------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        self.save()  # before the checkpoint file is written: every row it claims is on disk
+        self.flush()  # before the checkpoint file is written: every row it claims is on disk
 
     def state_dict(self) -> dict[str, int]:
         return {"rows": len(self.rows)}
@@ -95,7 +108,7 @@ class MetricsHistory(Logger, L.Callback):
             warnings.warn(f"{self.path} holds {len(earlier)} rows but the checkpoint follows {count}; "
                           "the missing earlier rows are lost", stacklevel=2)
         self.rows = earlier[:count]
-        self.written = 0 if len(earlier) != len(self.rows) else len(self.rows)
+        self.dirty = len(earlier) != len(self.rows)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

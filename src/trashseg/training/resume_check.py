@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+NOT_RECORDED = ("resume", "runs_dir")  # where the run was found, not how it trains
 # Dotted keys (or prefixes ending in ".") a resume may change.
 APPLIED_ON_RESUME = (
     "resume", "runs_dir", "logger.",
@@ -50,7 +51,7 @@ def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
 
 def check_resume_config(saved: Mapping, new: Mapping, ckpt_name: str) -> dict[str, tuple]:
     """The changes a resume applies; a ValueError naming the ones it cannot."""
-    changes = {k: v for k, v in config_changes(saved, new).items() if k != "resume"}
+    changes = {k: v for k, v in config_changes(saved, new).items() if k not in NOT_RECORDED}
     refused = {k: v for k, v in changes.items() if not _applied(k)}
     if refused:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(refused.items())[:6])
