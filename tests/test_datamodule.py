@@ -27,9 +27,24 @@ def augment_config(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", [p.stem for p in (CONFIGS / "data").glob("*.yaml")])
-def test_every_data_config_builds_a_module(name):
-    dm = TrashDataModule(**data_config(name), augment=augment_config("flip"))
+def test_every_data_config_builds_a_module(name, tmp_path):
+    cfg = data_config(name)
+    if cfg["fold"] is not None:  # a fold config needs its fold files (trashseg.data.kfold writes them)
+        (tmp_path / cfg["folds_dir"]).mkdir()
+        for side in ("train", "val"):
+            (tmp_path / cfg["folds_dir"] / f"fold{cfg['fold']}_{side}.json").write_text('{"images": []}')
+        cfg["root"] = str(tmp_path)
+    dm = TrashDataModule(**cfg, augment=augment_config("flip"))
     assert dm.classes[0] == "Background" and dm.num_classes == 11
+    assert dm.sampler == "shuffle" and dm.repeat_threshold == 0.1  # the recipes are off unless an experiment says so
+
+
+@pytest.mark.parametrize("name", [p.stem for p in (CONFIGS / "augment").glob("*.yaml")])
+def test_every_augment_set_builds(name):
+    from trashseg.data.transforms import build_transforms
+
+    for steps in augment_config(name).values():
+        build_transforms(steps)  # a bad step (also nested) would stop here with its position
 
 
 def test_pad_collate_pads_image_with_zero_and_mask_with_ignore():

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import cv2
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.nn import functional as F
-from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, default_collate
+from torch.utils.data import ConcatDataset, DataLoader, default_collate
 
 from .classes import CLASSES, IGNORE_INDEX
 from .coco import read_coco
+from .copy_paste import CopyPaste
+from .copy_paste import KEYS as COPY_PASTE_KEYS
 from .dataset import CocoSegmentationDataset
 from .kfold import fold_annotations
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
+from .samplers import SAMPLERS, ClassBalancedSampler, SeededSampler  # noqa: F401  (SeededSampler: public here since before)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -41,16 +43,6 @@ def pad_collate(items: list[dict]) -> dict:
     return default_collate(items)
 
 
-class SeededSampler(DistributedSampler):
-    """A shuffling DistributedSampler that hands each index with its own augmentation seed,
-    a function of (seed, epoch, index) only: augmentations are the same whatever the number
-    of workers, and a resumed run draws exactly those of an uninterrupted one."""
-
-    def __iter__(self):
-        for index in super().__iter__():
-            yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0] >> 1)
-
-
 class SeededConcatDataset(ConcatDataset):
     """ConcatDataset that passes the sampler's (index, seed) keys on to its parts."""
 
@@ -62,6 +54,7 @@ class SeededConcatDataset(ConcatDataset):
 
 
 EXTRA_SOURCE_KEYS = ("root", "ann", "images_relative_to", "overlap", "crowd")
+AUGMENT_KEYS = ("train", "val", "test", "copy_paste")
 
 
 def _world() -> tuple[int, int]:
@@ -77,6 +70,10 @@ class TrashDataModule(L.LightningDataModule):
     train uses a seeded DistributedSampler even on one process (order and augmentations are a
     function of seed and epoch, which makes a resumed run see the same batches), val/test never pad,
     so no sample is counted twice by the metric under DDP.
+
+    `sampler`: `shuffle` (every image once per epoch) or `class_balanced` (LVIS repeat-factor
+    sampling with `repeat_threshold`, see trashseg.data.samplers). `augment.copy_paste` turns on
+    copy-paste for every training source, from a pool of the main train file's objects.
     """
 
     def __init__(
@@ -99,6 +96,8 @@ class TrashDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        sampler: str = "shuffle",
+        repeat_threshold: float = 0.1,
         synthetic: Mapping | None = None,
         fold: int | None = None,
         folds_dir: str = "folds",
@@ -124,8 +123,22 @@ class TrashDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.mean, self.std = list(mean), list(std)
         self.seed = seed
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={sampler!r} is not a sampler; choose one of {', '.join(SAMPLERS)}")
+        if not 0 < repeat_threshold <= 1:
+            raise ValueError(f"data.repeat_threshold={repeat_threshold!r}: a fraction of images in (0, 1], e.g. 0.1 "
+                             "(classes in fewer images than that are repeated)")
+        self.sampler, self.repeat_threshold = sampler, repeat_threshold
         self.synthetic = dict(synthetic) if synthetic else None
+        unknown = sorted(set(augment or {}) - set(AUGMENT_KEYS))
+        if unknown:
+            raise ValueError(f"augment: unknown keys {unknown}; it takes {', '.join(AUGMENT_KEYS)}")
         self.augment = {split: list((augment or {}).get(split) or []) for split in ("train", "val", "test")}
+        self.copy_paste = (augment or {}).get("copy_paste")
+        if self.copy_paste is not None:
+            unknown = sorted(set(self.copy_paste) - set(COPY_PASTE_KEYS))
+            if unknown:  # the rest is checked when the pool is built, against the class list
+                raise ValueError(f"augment.copy_paste: unknown keys {unknown}; it takes {', '.join(COPY_PASTE_KEYS)}")
         self.datasets: dict[str, CocoSegmentationDataset] = {}
 
     def _extra_source(self, i: int, source: Mapping) -> dict:
@@ -142,17 +155,24 @@ class TrashDataModule(L.LightningDataModule):
         return dict(source)
 
     def prepare_data(self) -> None:
-        """Generate the synthetic dataset on first use (rank 0 only, before setup)."""
+        """Generate the synthetic dataset on first use and build the copy-paste pool (rank 0
+        only, before setup: the other processes then load the pool from disk)."""
         if self.synthetic and not (self.root / self.anns["train"]).exists():
             from .synthetic import generate_dataset
 
             generate_dataset(self.root, **self.synthetic)
+        if self.copy_paste is not None and self.dataset_kwargs["cache_dir"] is not False:
+            self._main_train(copy_paste=self.copy_paste)
 
-    def _extra_dataset(self, source: Mapping) -> CocoSegmentationDataset:
+    def _extra_dataset(self, source: Mapping, copy_paste: CopyPaste | None) -> CocoSegmentationDataset:
         """An extra training source; its own overlap / crowd / images_relative_to override the main one's."""
         kwargs = {**self.dataset_kwargs, **{k: v for k, v in source.items() if k not in ("root", "ann")}}
         return CocoSegmentationDataset(source.get("root") or self.root, source["ann"], transforms=self.augment["train"],
-                                       mode="train", **kwargs)
+                                       mode="train", copy_paste=copy_paste, **kwargs)
+
+    def _main_train(self, copy_paste: Mapping | None) -> CocoSegmentationDataset:
+        return CocoSegmentationDataset(self.root, self.annotation_file("train"), transforms=self.augment["train"],
+                                       mode="train", copy_paste=copy_paste, **self.dataset_kwargs)
 
     def annotation_file(self, split: str) -> Path:
         """`<split>_ann`, or with `fold` set the fold's train / val file under `folds_dir`."""
@@ -164,12 +184,13 @@ class TrashDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> CocoSegmentationDataset | SeededConcatDataset:
         """The split's dataset; train concatenates the `extra_train` sources after the main one."""
         if split not in self.datasets:
-            mode = "test" if split == "test" else split
-            main = CocoSegmentationDataset(self.root, self.annotation_file(split), transforms=self.augment[split],
-                                           mode=mode, **self.dataset_kwargs)
-            if split == "train" and self.extra_train:
-                extras = [self._extra_dataset(source) for source in self.extra_train]
-                main = SeededConcatDataset([main, *extras])
+            if split == "train":
+                main = self._main_train(self.copy_paste)
+                if self.extra_train:  # the extra sources paste from the main file's pool too
+                    main = SeededConcatDataset([main, *(self._extra_dataset(s, main.copy_paste) for s in self.extra_train)])
+            else:
+                main = CocoSegmentationDataset(self.root, self.annotation_file(split), transforms=self.augment[split],
+                                               mode=split, **self.dataset_kwargs)
             self.datasets[split] = main
         return self.datasets[split]
 
@@ -193,7 +214,11 @@ class TrashDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = _world()
-        sampler = SeededSampler(self.dataset("train"), num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        dataset = self.dataset("train")
+        if self.sampler == "class_balanced":
+            sampler = ClassBalancedSampler(dataset, self.repeat_threshold, num_replicas=world, rank=rank, seed=self.seed)
+        else:
+            sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return self._loader("train", sampler, self.batch_size, self.drop_last)
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from .cache import MaskCache, cache_key, default_cache_root
 from .classes import CLASSES
 from .coco import label_map, parse_coco
+from .copy_paste import CopyPaste
 from .image_io import read_rgb
 from .masks import SegObject, object_masks, rasterize, validate_policy
 from .packed import PackedList
@@ -28,7 +29,8 @@ class CocoSegmentationDataset(Dataset):
     Images are indexed by position in the JSON's image list, so ids need not be contiguous.
     Masks are rasterised once and then read from the mask cache (`cache_dir=False` disables it).
     `file_name` is relative to `root`, or to the annotation file's folder with
-    `images_relative_to="ann"`.
+    `images_relative_to="ann"`. `copy_paste` (train mode only): an `augment.copy_paste` mapping,
+    or a `CopyPaste` shared with another dataset; it pastes before the albumentations steps.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class CocoSegmentationDataset(Dataset):
         crowd: str = "label",
         cache_dir: str | Path | bool | None = None,
         images_relative_to: str = "root",
+        copy_paste: Mapping | CopyPaste | None = None,
     ):
         validate_policy(overlap, crowd)
         if mode not in MODES:
@@ -64,12 +67,22 @@ class CocoSegmentationDataset(Dataset):
         self._index_images(coco["images"])
         self.cache = None
         self._objects: PackedList | None = None
+        # Which classes each image holds (n_images x n_classes), from the annotations alone:
+        # what class-balanced sampling and the copy-paste pool select images by.
+        self.label_presence = np.zeros((len(self.ids), len(self.classes)), dtype=bool)
         if mode != "test":
             if cache_dir is not False:
                 key = cache_key(raw, self.classes, overlap, crowd)
                 about = {"ann_file": str(self.ann_path.resolve()), "classes": self.classes, "overlap": overlap, "crowd": crowd}
                 self.cache = MaskCache(cache_dir or default_cache_root(), key, about)
-            self._objects = self._pack_objects(coco, only_uncached=self.cache is not None)
+            per_image = self._group_objects(coco)
+            for i, objects in per_image.items():
+                labels = [o.label for o in objects if not (o.iscrowd and crowd == "ignore")]
+                self.label_presence[i, labels] = True
+            self._objects = self._pack_objects(per_image, only_uncached=self.cache is not None)
+        if copy_paste is not None and mode != "train":
+            raise ValueError(f"copy-paste is a training augmentation; {self.ann_path.name} is loaded in {mode} mode")
+        self.copy_paste = CopyPaste(copy_paste, self) if isinstance(copy_paste, Mapping) else copy_paste
 
     def _index_images(self, images: list[dict]) -> None:
         self.ids = np.array([im["id"] for im in images], dtype=np.int64)
@@ -79,8 +92,8 @@ class CocoSegmentationDataset(Dataset):
         self.file_names = np.array([im["file_name"] for im in images])  # numpy strings: no refcounts in workers
         self.sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64)
 
-    def _pack_objects(self, coco: dict, only_uncached: bool) -> PackedList:
-        """Per image its SegObjects; with a cache, only for images whose mask is not on disk yet."""
+    def _group_objects(self, coco: dict) -> dict[int, list[SegObject]]:
+        """Image position -> its SegObjects, in file order."""
         labels = label_map(coco.get("categories", []), self.classes)
         position = {int(image_id): i for i, image_id in enumerate(self.ids)}
         per_image: dict[int, list[SegObject]] = defaultdict(list)
@@ -91,8 +104,12 @@ class CocoSegmentationDataset(Dataset):
                 raise ValueError(f"{self.ann_path}: annotation {ann.get('id')} has category id {ann['category_id']} missing from 'categories'")
             obj = SegObject(labels[ann["category_id"]], ann["segmentation"], bool(ann.get("iscrowd", 0)))
             per_image[position[ann["image_id"]]].append(obj)
+        return per_image
+
+    def _pack_objects(self, per_image: dict[int, list[SegObject]], only_uncached: bool) -> PackedList:
+        """Per image its SegObjects; with a cache, only for images whose mask is not on disk yet."""
         skip = {i for i, image_id in enumerate(self.ids) if only_uncached and self.cache.has(int(image_id))}
-        return PackedList(None if i in skip else per_image[i] for i in range(len(self.ids)))
+        return PackedList(None if i in skip else per_image.get(i, []) for i in range(len(self.ids)))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,7 +118,8 @@ class CocoSegmentationDataset(Dataset):
         """The image's annotations (re-reading the JSON if the warm cache let us skip them)."""
         objects = self._objects[index]
         if objects is None:
-            self._objects = self._pack_objects(parse_coco(self.ann_path.read_bytes(), self.ann_path), only_uncached=False)
+            coco = parse_coco(self.ann_path.read_bytes(), self.ann_path)
+            self._objects = self._pack_objects(self._group_objects(coco), only_uncached=False)
             objects = self._objects[index]
         return objects
 
@@ -140,7 +158,7 @@ class CocoSegmentationDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.read_image(index)
         mask = None if self.mode == "test" else self.mask(index)
-        if self.transforms is not None:
+        if self.transforms is not None or self.copy_paste is not None:
             image, mask = self._augment(image, mask, seed)
         item = {
             "image": image,
@@ -155,8 +173,13 @@ class CocoSegmentationDataset(Dataset):
     def _augment(self, image: torch.Tensor, mask: np.ndarray | None, seed: int | None) -> tuple[torch.Tensor, np.ndarray | None]:
         # A seed per item: albumentations' own state would repeat in every DataLoader worker.
         # Without one from the sampler, draw it from torch, which DataLoader seeds per worker.
-        self.transforms.set_random_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        if self.copy_paste is not None:  # before the geometry, so pasted objects are cropped, flipped, ... with the scene
+            self.copy_paste(hwc, mask, seed)
+        if self.transforms is None:
+            return torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))), mask
+        self.transforms.set_random_seed(seed)
         out = self.transforms(image=hwc) if mask is None else self.transforms(image=hwc, mask=mask)
         chw = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         return chw, (None if mask is None else np.ascontiguousarray(out["mask"]))

@@ -14,7 +14,7 @@ from trashseg.cli import run_or_report
 from trashseg.metric import SegmentationMetric
 from trashseg.submission import SubmissionWriter, to_submission_size
 
-from .loop import build_loader, predict_probs
+from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, load_predictor
 from .predictor import Predictor
 from .probs_store import ProbsWriter
@@ -32,36 +32,74 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def predictions(predictor: Predictor, loader, probs_writer: ProbsWriter | None = None) -> Iterator[tuple[dict, np.ndarray]]:
-    """(batch item, full-resolution uint8 labels) per image."""
-    for item, probs in predict_probs(predictor, loader):
+def _predictions(predictor: Predictor, loader, probs_writer: ProbsWriter | None,
+                 post: str) -> Iterator[tuple[dict, torch.Tensor, np.ndarray]]:
+    """(batch item, probabilities, full-resolution uint8 labels after `post`) per image; the
+    saved probabilities are the model's, before post-processing."""
+    for item, probs, labels in predict_labels(predictor, loader, post):
         if probs_writer is not None:
             probs_writer.write(int(item["id"]), item["file_name"], probs.cpu().numpy())
-        yield item, probs.argmax(0).cpu().numpy().astype(np.uint8)
+        yield item, probs, labels.cpu().numpy().astype(np.uint8)
 
 
-def run_test(predictor, loader, out: Path, size: int, probs_writer) -> str:
+def predictions(predictor: Predictor, loader, probs_writer: ProbsWriter | None = None,
+                post: str = "none") -> Iterator[tuple[dict, np.ndarray]]:
+    """(batch item, full-resolution uint8 labels after `post`) per image."""
+    for item, _, labels in _predictions(predictor, loader, probs_writer, post):
+        yield item, labels
+
+
+def run_test(predictor, loader, out: Path, size: int, probs_writer, post: str = "none") -> str:
     with SubmissionWriter(out, size) as writer:
-        for item, labels in predictions(predictor, loader, probs_writer):
+        for item, labels in predictions(predictor, loader, probs_writer, post):
             writer.write(item["file_name"], labels)
     return (f"wrote {out} ({len(writer.ids)} rows); check it with: python -m trashseg.submission check {out} "
             f"--test-json {loader.dataset.ann_path}")
 
 
-def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_writer) -> str:
-    full, small = SegmentationMetric(len(classes), classes), SegmentationMetric(len(classes), classes)
-    for item, labels in predictions(predictor, loader, probs_writer):
+class _ValMetrics:
+    """The metric at full resolution and at the submission's size."""
+
+    def __init__(self, classes: list[str], size: int):
+        self.size = size
+        self.full, self.small = SegmentationMetric(len(classes), classes), SegmentationMetric(len(classes), classes)
+
+    def update(self, labels: np.ndarray, truth: np.ndarray) -> None:
+        self.full.update(torch.from_numpy(labels)[None], torch.from_numpy(truth)[None])
+        self.small.update(torch.from_numpy(to_submission_size(labels, self.size))[None],
+                          torch.from_numpy(to_submission_size(truth, self.size))[None])
+
+    def compute(self) -> dict:
+        return {"full resolution": {k: float(v) for k, v in self.full.compute().items()},
+                f"{self.size}x{self.size}": {k: float(v) for k, v in self.small.compute().items()}}
+
+
+def _print_metrics(results: dict, classes: list[str], title: str = "") -> None:
+    for name, metrics in results.items():
+        print(f"{title}{name}: mIoU {metrics['mIoU']:.4f}  pixel acc {metrics['pixel_acc']:.4f}  "
+              f"per-image mIoU {metrics['mIoU_per_image']:.4f}")
+    print(f"{title}per-class IoU: " + ", ".join(f"{c} {results['full resolution'][f'IoU/{c}']:.3f}" for c in classes))
+
+
+def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_writer, post: str = "none") -> str:
+    """Metrics of the labels a submission would get (after `post`); with post-processing also
+    those of the plain argmax, under "without post-processing", and the difference."""
+    final, plain = _ValMetrics(classes, size), _ValMetrics(classes, size)
+    for item, probs, labels in _predictions(predictor, loader, probs_writer, post):
         h, w = labels.shape
         truth = item["mask"][:h, :w].numpy()
-        full.update(torch.from_numpy(labels)[None], torch.from_numpy(truth)[None])
-        small.update(torch.from_numpy(to_submission_size(labels, size))[None],
-                     torch.from_numpy(to_submission_size(truth, size))[None])
-    results = {"full resolution": {k: float(v) for k, v in full.compute().items()},
-               f"{size}x{size}": {k: float(v) for k, v in small.compute().items()}}
-    for name, metrics in results.items():
-        print(f"{name}: mIoU {metrics['mIoU']:.4f}  pixel acc {metrics['pixel_acc']:.4f}  "
-              f"per-image mIoU {metrics['mIoU_per_image']:.4f}")
-    print("per-class IoU: " + ", ".join(f"{c} {results['full resolution'][f'IoU/{c}']:.3f}" for c in classes))
+        final.update(labels, truth)
+        if post != "none":
+            plain.update(probs.argmax(0).cpu().numpy().astype(np.uint8), truth)
+    results = {**final.compute(), "post": post}
+    if post != "none":
+        results["without post-processing"] = plain.compute()
+        _print_metrics(results["without post-processing"], classes, "without post-processing, ")
+    _print_metrics({k: results[k] for k in ("full resolution", f"{size}x{size}")}, classes,
+                   f"with --post {post}, " if post != "none" else "")
+    if post != "none":
+        gain = results["full resolution"]["mIoU"] - results["without post-processing"]["full resolution"]["mIoU"]
+        print(f"--post {post} changes full-resolution mIoU by {gain:+.4f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     return f"wrote {out}"
@@ -76,9 +114,9 @@ def run(args: argparse.Namespace) -> str:
     sources = [str(c.path) for c in checkpoints]
     probs_writer = ProbsWriter(args.save_probs, classes, sources) if args.save_probs else None
     if args.split == "test":
-        message = run_test(predictor, loader, out, args.size, probs_writer)
+        message = run_test(predictor, loader, out, args.size, probs_writer, args.post)
     else:
-        message = run_val(predictor, loader, classes, out, args.size, probs_writer)
+        message = run_val(predictor, loader, classes, out, args.size, probs_writer, args.post)
     if probs_writer is not None:
         probs_writer.close()
     return message

@@ -1,5 +1,6 @@
 """The one inference loop: a split's loader through a predictor, image by image, at each
-image's original size. inference.py, the OOF scorer, the pseudo-labeller and the tools use it."""
+image's original size, and the one place where post-processing (`--post`) turns probabilities
+into labels. inference.py, the OOF scorer, the pseudo-labeller and the tools use it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from trashseg.data.datamodule import pad_collate
 from trashseg.data.dataset import CocoSegmentationDataset
 
+from .postprocess import postprocess
 from .predictor import Predictor
 
 
@@ -36,3 +38,12 @@ def predict_probs(predictor: Predictor, loader: DataLoader, desc: str = "predict
         probs = predictor.probs(batch["image"])
         for i, (h, w) in enumerate(batch["orig_size"].tolist()):
             yield {k: v[i] for k, v in batch.items()}, probs[i, :, :h, :w]
+
+
+def predict_labels(predictor: Predictor, loader: DataLoader, post: str = "none",
+                   desc: str = "predict") -> Iterator[tuple[dict, torch.Tensor, torch.Tensor]]:
+    """(batch item, C x h x w probabilities, h x w labels after `post`) per image, both on the
+    predictor's device; with `post="none"` the labels are the probabilities' argmax."""
+    for item, probs in predict_probs(predictor, loader, desc):
+        h, w = probs.shape[-2:]
+        yield item, probs, postprocess(post, probs, item["image"][:, :h, :w])

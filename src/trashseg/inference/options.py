@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
+from .postprocess import POST_MODES, check_post
 from .predictor import Predictor
 from .tta import TTA_MODES
 
@@ -30,6 +31,9 @@ def add_predictor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--post", default="none", choices=list(POST_MODES),
+                        help="post-processing of each label map: mode3 (3x3 majority filter) or crf (dense CRF on the "
+                             "probabilities and the image; needs pip install pydensecrf2)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +87,7 @@ def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
 
 def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint], list[str], Predictor]:
     """Checkpoints (one class list), their classes and the weighted TTA/multi-scale predictor."""
+    check_post(args.post)  # a missing optional package stops before any checkpoint is read
     checkpoints = [load_checkpoint(p) for p in checkpoint_paths(args)]
     classes = same_classes(checkpoints)
     return checkpoints, classes, Predictor(checkpoints, args.weights, args.tta, args.scales, args.device)

@@ -8,7 +8,9 @@ Per kept image, one annotation per predicted class (its confident pixels, compre
 the training JSON's category ids and names, plus one `iscrowd: 1` annotation over the pixels
 whose top probability is under `--min-confidence`: train with `crowd: ignore` (as the
 `recycle_pseudo` experiment does) and they become 255, counted by neither loss nor metric.
-Images whose mean top probability is under `--min-image-confidence` are left out.
+Images whose mean top probability is under `--min-image-confidence` are left out. With `--post
+mode3|crf` the labels are post-processed, and a pixel's confidence is the models' probability
+of the label it keeps.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from trashseg.cli import run_or_report
 from trashseg.data.coco import read_coco
 from trashseg.data.kfold import fold_annotations
 
-from .loop import build_loader, predict_probs
+from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, load_predictor
 
 
@@ -72,8 +74,11 @@ def pseudo_label(args: argparse.Namespace) -> str:
     source = read_coco(loader.dataset.ann_path)
     image_entry = {im["id"]: im for im in source["images"]}
     images, annotations, skipped, unsure_pixels, pixels = [], [], 0, 0, 0
-    for item, probs in predict_probs(predictor, loader, desc="pseudo-label"):
-        confidence, labels = (t.cpu().numpy() for t in probs.max(0))
+    for item, probs, labels in predict_labels(predictor, loader, args.post, desc="pseudo-label"):
+        # The models' probability of the label kept: where --post relabelled a pixel against
+        # them, it is lower than their top one, and the pixel may become unconfident.
+        confidence = probs.gather(0, labels[None].long())[0].cpu().numpy()
+        labels = labels.cpu().numpy()
         if confidence.mean() < args.min_image_confidence:
             skipped += 1
             continue
@@ -84,6 +89,7 @@ def pseudo_label(args: argparse.Namespace) -> str:
         unsure_pixels, pixels = unsure_pixels + int((~confident).sum()), pixels + confident.size
     coco = {"info": {"description": "trashseg pseudo-labels; train with crowd: ignore (iscrowd regions = unconfident pixels)",
                      "checkpoints": [str(c.path) for c in checkpoints], "tta": args.tta, "scales": args.scales,
+                     "post": args.post,
                      "min_confidence": args.min_confidence, "min_image_confidence": args.min_image_confidence,
                      "source": str(loader.dataset.ann_path)},
             "images": images, "annotations": annotations, "categories": categories}

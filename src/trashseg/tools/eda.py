@@ -1,10 +1,14 @@
 """Exploratory data analysis of a COCO segmentation file: a Markdown report and PNG charts.
 
     python -m trashseg.tools.eda --root DIR --ann FILE --out DIR [--classes ...] [--overlap area_desc]
+        [--augment configs/augment/X.yaml] [--copy-paste configs/augment/copy_paste/rare.yaml]
+        [--sampler class_balanced --repeat-threshold 0.1] [--samples 300] [--seed 0]
 
 Per class: images containing it, instances, share of all pixels (under the overlap policy),
 mean object area. Objects per image, image sizes, and overlaps: pixels claimed by two or more
-objects and the class pairs that overlap.
+objects and the class pairs that overlap. With any of the training options, also the class
+pixel shares of `--samples` training samples drawn as training draws them (sampler, copy-paste,
+augmentations), beside the file's own: what a recipe does to the class balance.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import itertools
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -21,12 +26,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
 from trashseg.cli import run_or_report  # noqa: E402
 from trashseg.data.classes import CLASSES, palette_for  # noqa: E402
 from trashseg.data.coco import segmentation_to_rle  # noqa: E402
 from trashseg.data.dataset import CocoSegmentationDataset  # noqa: E402
+from trashseg.data.samplers import SAMPLERS, ClassBalancedSampler, SeededSampler  # noqa: E402
 
 
 def collect(ds: CocoSegmentationDataset) -> dict:
@@ -126,7 +133,68 @@ def plot_all(table: pd.DataFrame, stats: dict, classes: list[str], out: Path) ->
     return ["class_pixel_share.png", "class_instances.png", "objects_per_image.png", "overlap_pairs.png"]
 
 
-def run_eda(root: Path, ann: Path, out: Path, classes=CLASSES, overlap: str = "area_desc") -> Path:
+def sampled_pixels(ds: CocoSegmentationDataset, samples: int, sampler: str = "shuffle", repeat_threshold: float = 0.1,
+                   seed: int = 0) -> tuple[np.ndarray, int]:
+    """Pixels per class (and ignored pixels) of `samples` items drawn as training draws them:
+    the sampler's (index, seed) keys, epoch after epoch, through the dataset's augmentations."""
+    if sampler == "class_balanced":
+        draw = ClassBalancedSampler(ds, repeat_threshold, seed=seed)
+    else:
+        draw = SeededSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    n = len(ds.classes)
+    pixels, ignored, drawn = np.zeros(n, np.int64), 0, 0
+    for epoch in itertools.count():
+        draw.set_epoch(epoch)
+        for key in draw:
+            counts = np.bincount(ds[key]["mask"].numpy().ravel(), minlength=256)
+            pixels += counts[:n]
+            ignored += int(counts[n:].sum())
+            drawn += 1
+            if drawn == samples:
+                return pixels, ignored
+    raise AssertionError("unreachable")
+
+
+def training_view(root: Path, ann: Path, classes, overlap: str, options: Mapping, out: Path) -> list[str]:
+    """The report section comparing the file's class pixel shares with those of training samples."""
+    ds = CocoSegmentationDataset(root, ann, classes=classes, overlap=overlap, cache_dir=False,
+                                 transforms=options["augment"] or None, copy_paste=options["copy_paste"])
+    before = collect_pixels(ds)
+    after, ignored = sampled_pixels(ds, options["samples"], options["sampler"], options["repeat_threshold"], options["seed"])
+    table = pd.DataFrame({"pixel share in the file (%)": 100 * before / max(before.sum(), 1),
+                          "pixel share in the samples (%)": 100 * after / max(after.sum(), 1)}, index=list(classes))
+    table["ratio"] = table.iloc[:, 1] / table.iloc[:, 0].replace(0, np.nan)
+    _grouped_bars(table.iloc[:, :2], out / "class_pixel_share_training.png")
+    recipe = [f"sampler `{options['sampler']}`" + (f" (repeat_threshold {options['repeat_threshold']})"
+                                                   if options["sampler"] == "class_balanced" else "")]
+    recipe.append(f"augment `{options['augment_file']}`" if options["augment_file"] else "no augmentation steps")
+    recipe.append(f"copy-paste `{options['copy_paste_file']}`" if options["copy_paste"] else "no copy-paste")
+    return ["## Training samples", "",
+            f"{options['samples']} samples drawn with {', '.join(recipe)}, seed {options['seed']}; shares of the "
+            f"counted pixels (the samples' ignored pixels, 255: {100 * ignored / max(after.sum() + ignored, 1):.2f}%).", "",
+            table.round(3).rename_axis("class").to_markdown(), "", "![training](class_pixel_share_training.png)", ""]
+
+
+def collect_pixels(ds: CocoSegmentationDataset) -> np.ndarray:
+    n = len(ds.classes)
+    return sum(np.bincount(ds.mask(i).ravel(), minlength=256)[:n] for i in range(len(ds)))
+
+
+def _grouped_bars(table: pd.DataFrame, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    x = np.arange(len(table))
+    for k, column in enumerate(table.columns):
+        ax.bar(x + (k - 0.5) * 0.4, table[column].clip(lower=1e-4), width=0.4, label=column, edgecolor="black", linewidth=0.5)
+    ax.set_xticks(x, table.index, rotation=30, ha="right")
+    ax.set(yscale="log", ylabel="% of pixels", title="class pixel shares: the file vs training samples (log scale)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run_eda(root: Path, ann: Path, out: Path, classes=CLASSES, overlap: str = "area_desc",
+            training: Mapping | None = None) -> Path:
     ds = CocoSegmentationDataset(root, ann, classes=classes, overlap=overlap, cache_dir=False)
     stats = collect(ds)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +210,8 @@ def run_eda(root: Path, ann: Path, out: Path, classes=CLASSES, overlap: str = "a
         "## Image sizes", "", sizes.to_markdown(index=False), "",
         "## Overlaps", "", summary.to_markdown(), "", "Class pairs that overlap (top 15):", "",
         pairs.to_markdown(index=False) if len(pairs) else "none", "",
-        *[f"![{c}]({c})" for c in charts],
+        *[f"![{c}]({c})" for c in charts], "",
+        *(training_view(root, ann, classes, overlap, training, out) if training else []),
     ]
     path = out / "report.md"
     path.write_text("\n".join(report) + "\n")
@@ -156,8 +225,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--classes", nargs="+", default=list(CLASSES))
     parser.add_argument("--overlap", default="area_desc")
+    group = parser.add_argument_group("training samples", "class pixel shares of samples drawn as training draws them")
+    group.add_argument("--augment", type=Path, help="an augment YAML (its train steps, and copy_paste if it has one)")
+    group.add_argument("--copy-paste", type=Path, help="a copy_paste YAML, e.g. configs/augment/copy_paste/rare.yaml")
+    group.add_argument("--sampler", choices=SAMPLERS, help="default shuffle")
+    group.add_argument("--repeat-threshold", type=float, default=0.1, help="for --sampler class_balanced")
+    group.add_argument("--samples", type=int, help="how many (default 300 when any option of this group is given)")
+    group.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    return run_or_report(lambda: f"wrote {run_eda(args.root, args.ann, args.out, args.classes, args.overlap)} and its charts")
+    return run_or_report(lambda: f"wrote {run_eda(args.root, args.ann, args.out, args.classes, args.overlap, training_options(args))}"
+                                 " and its charts")
+
+
+def _read_yaml(path: Path, what: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    return yaml.safe_load(path.read_text())
+
+
+def training_options(args: argparse.Namespace) -> dict | None:
+    """The training-sample options, or None when none was given."""
+    if not (args.augment or args.copy_paste or args.sampler or args.samples):
+        return None
+    steps, copy_paste = [], None
+    if args.augment:
+        loaded = _read_yaml(args.augment, "--augment")
+        if isinstance(loaded, Mapping):
+            steps, copy_paste = loaded.get("train") or [], loaded.get("copy_paste")
+        elif isinstance(loaded, Sequence):
+            steps = loaded
+        else:
+            raise ValueError(f"--augment {args.augment}: expected an augment YAML (train: [...]) or a list of steps")
+    if args.copy_paste:
+        copy_paste = _read_yaml(args.copy_paste, "--copy-paste")
+        if not isinstance(copy_paste, Mapping):
+            raise ValueError(f"--copy-paste {args.copy_paste}: expected a mapping (p, max_objects, scale, class_weights)")
+    samples = args.samples or 300
+    if samples < 1:
+        raise ValueError(f"--samples {samples}: give at least 1")
+    return {"augment": steps, "copy_paste": copy_paste, "sampler": args.sampler or "shuffle",
+            "repeat_threshold": args.repeat_threshold, "samples": samples, "seed": args.seed,
+            "augment_file": args.augment, "copy_paste_file": args.copy_paste or args.augment}
 
 
 if __name__ == "__main__":

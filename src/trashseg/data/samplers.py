@@ -1,0 +1,92 @@
+"""Training samplers: each yields (index, augmentation seed) keys, the seed a function of
+(seed, epoch, index) only, so order and augmentations do not depend on the number of DataLoader
+workers and a resumed run sees exactly the batches of an uninterrupted one.
+
+- `SeededSampler` (`data.sampler: shuffle`): every image once per epoch, shuffled.
+- `ClassBalancedSampler` (`data.sampler: class_balanced`): repeat-factor sampling as in LVIS
+  (Gupta et al. 2019): with f(c) the fraction of training images that contain class c and t the
+  `repeat_threshold`, r(c) = max(1, sqrt(t / f(c))); an image repeats r(image) = max over its
+  classes of r(c) times per epoch (the rarest class it holds decides), fractional parts rounded
+  stochastically from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
+
+SAMPLERS = ("shuffle", "class_balanced")
+
+
+def item_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """The augmentation seed of one draw; `copy` tells the repeats of an image in one epoch
+    apart (copy 0 gives the shuffle sampler's seed)."""
+    key = [seed, epoch, index] + ([copy] if copy else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0] >> 1)
+
+
+class SeededSampler(DistributedSampler):
+    """A shuffling DistributedSampler that hands each index with its own augmentation seed."""
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, item_seed(self.seed, self.epoch, index)
+
+
+def label_presence(dataset: Dataset) -> np.ndarray:
+    """n_images x n_classes: which classes each image holds (concatenated parts in order)."""
+    if isinstance(dataset, ConcatDataset):
+        parts = [label_presence(part) for part in dataset.datasets]
+        if len({p.shape[1] for p in parts}) != 1:
+            raise ValueError("the training sources have different class lists; give them one data.classes")
+        return np.concatenate(parts)
+    return dataset.label_presence
+
+
+def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
+    """Per image r = max(1, max over its object classes of sqrt(t / f(c))); Background (column 0)
+    is in every image and no object class, so it never counts."""
+    objects = presence[:, 1:]
+    frequency = objects.mean(0)
+    per_class = np.ones_like(frequency)
+    seen = frequency > 0
+    per_class[seen] = np.maximum(1.0, np.sqrt(threshold / frequency[seen]))
+    return np.where(objects, per_class, 1.0).max(1, initial=1.0)
+
+
+class ClassBalancedSampler(DistributedSampler):
+    """Repeat-factor sampling, sharded like a DistributedSampler (every rank builds the same
+    epoch list from (seed, epoch) and takes every num_replicas-th key).
+
+    An epoch has a fixed length, ceil(sum of repeat factors) rounded up to a multiple of the
+    number of processes (schedules and mid-epoch resume count batches before the epoch starts):
+    the stochastically rounded list is cut to it, or continued from its start with new copy
+    numbers (new augmentations) when rounding fell short.
+    """
+
+    def __init__(self, dataset: Dataset, repeat_threshold: float, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.factors = repeat_factors(label_presence(dataset), repeat_threshold)
+        self.total_size = math.ceil(math.ceil(self.factors.sum() - 1e-9) / num_replicas) * num_replicas
+        self.num_samples = self.total_size // num_replicas
+
+    def epoch_keys(self) -> np.ndarray:
+        """total_size x 2 array of (index, copy), the whole epoch across all ranks."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        whole = np.floor(self.factors)
+        counts = (whole + (rng.random(len(self.factors)) < self.factors - whole)).astype(np.int64)
+        index = np.repeat(np.arange(len(counts)), counts)
+        copy = np.arange(len(index)) - np.repeat(np.cumsum(counts) - counts, counts)
+        order = rng.permutation(len(index))
+        take = np.arange(self.total_size)
+        rounds, position = take // len(order), order[take % len(order)]
+        return np.stack([index[position], copy[position] + rounds * counts[index[position]]], axis=1)
+
+    def __iter__(self):
+        for index, copy in self.epoch_keys()[self.rank: self.total_size: self.num_replicas].tolist():
+            yield index, item_seed(self.seed, self.epoch, index, copy)
+
+    def __len__(self) -> int:
+        return self.num_samples
