@@ -123,3 +123,12 @@ def test_weighted_sum_of_terms():
     ce, dice = WeightedLoss([{"name": "ce"}])(logits, target), WeightedLoss([{"name": "dice"}])(logits, target)
     both = WeightedLoss([{"name": "ce", "weight": 2.0}, {"name": "dice", "weight": 0.5}])(logits, target)
     assert both.item() == pytest.approx(2 * ce.item() + 0.5 * dice.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ce", "dice", "focal", "lovasz", "jaccard"])
+def test_a_batch_of_only_ignored_pixels_gives_zero_loss(name):
+    """Crowd or padding only: no NaN (which would stop training), no empty tensor, no error."""
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    value = WeightedLoss([{"name": name}])(logits, torch.full((2, 8, 8), 255, dtype=torch.uint8))
+    value.backward()
+    assert value.shape == () and value.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))

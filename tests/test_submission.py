@@ -71,6 +71,8 @@ def rewrite(path, lines):
     (lambda lines: lines[:2] + [lines[2].rsplit(" ", 1)[0]] + lines[3:], "65535 labels, expected 65536"),
     (lambda lines: lines[:2] + [lines[2].rsplit(" ", 1)[0] + " 11"] + lines[3:], "labels ['11'] outside 0..10"),
     (lambda lines: ["image_id,prediction"] + lines[1:], "bad header"),
+    (lambda lines: lines[:2] + [lines[2].rsplit(" ", 1)[0] + " \u0663"] + lines[3:], "labels ['\u0663'] outside 0..10"),
+    (lambda lines: lines[:2] + [lines[2].rsplit(" ", 1)[0] + " \u00b2"] + lines[3:], "labels ['\u00b2'] outside 0..10"),
 ])
 def test_check_rejects_each_broken_variant(valid, breakage, message, capsys):
     path, test_json = valid
@@ -97,3 +99,18 @@ def test_vote_identical_and_majority(tmp_path, masks):
     assert (tmp_path / "tie.csv").read_bytes() == c.read_bytes()
     vote([c, a], [1, 3], tmp_path / "heavier.csv")
     assert (tmp_path / "heavier.csv").read_bytes() == a.read_bytes()
+
+
+@pytest.mark.parametrize("label", [256, 100, -1])
+def test_labels_outside_0_99_are_refused_before_the_uint8_cast(label):
+    mask = np.zeros((256, 256), np.int64)
+    mask[3, 4] = label  # 256 would wrap to 0, -1 to 255
+    with pytest.raises(ValueError, match=f"label {label} is outside 0..99"):
+        encode_row(mask)
+
+
+def test_check_with_a_missing_test_json_is_one_line(valid, tmp_path, capsys):
+    path, _ = valid
+    assert cli(["check", str(path), "--test-json", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "test JSON not found" in err

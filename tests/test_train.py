@@ -1,5 +1,6 @@
 """train.py's engine end to end on tiny synthetic data: run folder, resume, typos, NaN, DDP."""
 
+import json
 import math
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def test_quickstart_writes_the_run_folder(synthetic_root, tmp_path):
     table = pd.read_csv(run_dir / "metrics.csv")
     val = table.dropna(subset=["val/mIoU"])
     assert list(val["epoch"]) == [0, 1] and "val/IoU/Battery" in table and "lr/default" in table
+    assert {"train/loss", "val/loss"} <= set(table) and not any(c.endswith(("_step", "_epoch")) for c in table)
     assert 0 <= metrics["val/mIoU"] <= 1
     ckpt = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["cfg"]["data"]["classes"][10] == "Clothing"
@@ -84,10 +86,10 @@ def test_resume_auto_finds_the_newest_run(tmp_path):
     for name in ("old", "new"):
         (runs / "exp" / name / "checkpoints").mkdir(parents=True)
         (runs / "exp" / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    found = run_module.find_resume_checkpoint("auto", runs, "exp", runs / "exp" / "current")
+    found = run_module.find_resume_checkpoint("auto", runs, "exp")
     assert found == runs / "exp" / "new" / "checkpoints" / "last.ckpt"
     with pytest.raises(FileNotFoundError, match="no earlier run of 'other'"):
-        run_module.find_resume_checkpoint("auto", runs, "other", runs / "x")
+        run_module.find_resume_checkpoint("auto", runs, "other")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -118,8 +120,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path,
 
 
 def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
-    """10 val images, batch 3, 2 gloo processes: no image counted twice, exactly the same mIoU."""
-    cfg = run_module.plain_config(config(synthetic_root, tmp_path))
+    """9 val images, batch 3, 2 gloo processes (5 and 4 images): no image counted twice, exactly the
+    same mIoU, and val/loss the mean over images, not a mean of the two processes' means."""
+    coco = json.loads((synthetic_root / "val.json").read_text())
+    coco["images"] = coco["images"][:9]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in {im["id"] for im in coco["images"]}]
+    (synthetic_root / "val9.json").write_text(json.dumps(coco))
+    cfg = run_module.plain_config(config(synthetic_root, tmp_path, "data.val_ann=val9.json"))
     torch.manual_seed(0)
     module = SegmentationModule(cfg)
     results = []
@@ -132,6 +139,35 @@ def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
     assert ddp["val/mIoU"] == pytest.approx(single["val/mIoU"], abs=1e-7)
     assert ddp["val/pixel_acc"] == pytest.approx(single["val/pixel_acc"], abs=1e-7)
     assert ddp["val/mIoU_per_image"] == pytest.approx(single["val/mIoU_per_image"], abs=1e-7)
+    assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-6)
+
+
+def test_schedule_is_sized_from_the_trainers_estimate(synthetic_root, tmp_path):
+    """max_steps=9 with 6 batches an epoch: a one-epoch warm-up ends at step 6 (not 9 // max_epochs),
+    then poly decays over the 3 steps left."""
+    cfg = config(synthetic_root, tmp_path, "trainer.max_epochs=-1", "+trainer.max_steps=9", "trainer.log_every_n_steps=1",
+                 "scheduler.warmup_steps=0", "+scheduler.warmup_epochs=1", "model.encoder_depth=3",
+                 "model.decoder.decoder_channels=[16,8,8]")
+    run_dir = tmp_path / "runs" / "quickstart" / "steps"
+    run_module.train(cfg, run_dir)
+    lrs = pd.read_csv(run_dir / "metrics.csv")["lr/default"].dropna().tolist()
+    expected = [3e-3 * (s + 1) / 6 for s in range(6)] + [3e-3 * (1 - s / 3) ** 0.9 for s in range(3)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_unbounded_run_cannot_size_poly(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="scheduler poly needs the run's length.*trainer.max_time alone cannot size it"):
+        run_module.train(config(synthetic_root, tmp_path, "trainer.max_epochs=-1", "+trainer.max_time=00:00:10:00"),
+                         tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_max_time_before_the_schedule_ends_is_one_warning(synthetic_root, tmp_path, caplog):
+    cfg = config(synthetic_root, tmp_path, "trainer.max_epochs=1000", "+trainer.max_time=00:00:00:03",
+                 "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]")
+    with pytest.warns(UserWarning, match=r"trainer.max_time will stop this run at about step \d+ of the 6000 that the poly"):
+        run_module.train(cfg, tmp_path / "runs" / "quickstart" / "timed")
+    assert any("trainer.max_time stopped the run at step" in r.getMessage() for r in caplog.records)
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import lightning as L
 import numpy as np
 import torch
 from torchmetrics import MeanMetric
 
+from trashseg.data.classes import IGNORE_INDEX
 from trashseg.data.normalize import Normalize
 from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
@@ -18,6 +20,10 @@ from trashseg.models import build_model
 from .losses import WeightedLoss
 from .optim import build_optimizer, build_scheduler
 from .param_groups import groups_table
+
+
+# Validation metrics are summed across processes by torchmetrics before they are logged.
+warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('val/.*sync_dist=True")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,8 +42,8 @@ class SegmentationModule(L.LightningModule):
         self.criterion = WeightedLoss(cfg["loss"]["terms"])
         self.aux_weight = float(cfg["loss"].get("aux_weight", 0.4))
         self.val_metric = SegmentationMetric(len(self.classes), self.classes)
-        # Weighted by images and summed across processes: under DDP a mean of per-rank means is wrong
-        # when ranks hold different numbers of images.
+        # val/loss: the mean over images of each image's loss, summed across processes (a mean of per-rank
+        # means is wrong when ranks hold different numbers of images).
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.schedule_steps: float | None = None  # optimizer steps the lr schedule is sized for
         wandb_cfg = cfg.get("logger", {}).get("wandb", {})
@@ -76,7 +82,9 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
         target = batch["mask"]
-        self.val_loss.update(self._loss(logits, target), weight=len(target))
+        for i in range(len(target)):  # per image: the mean does not depend on batching or on the number of ranks
+            labelled = bool((target[i] != IGNORE_INDEX).any())
+            self.val_loss.update(self._loss(logits[i : i + 1], target[i : i + 1]), weight=float(labelled))
         preds = logits.argmax(1)
         self.val_metric.update(preds, target)
         if batch_idx == 0 and self.overlays_wanted:
