@@ -226,11 +226,26 @@ def test_disk_full_while_writing_a_submission(tmp_path, capsys, monkeypatch):
 
 # -- CSVs and probability folders ----------------------------------------------------------------
 
-def test_unreadable_metrics_csv_is_one_line(tmp_path):
-    bad = tmp_path / "metrics.csv"
-    bad.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(ValueError, match=f"{bad} is not a readable metrics CSV .*move it aside"):
-        read_rows(bad)
+def test_resume_with_an_unreadable_metrics_csv_is_one_line(synthetic_root, one_epoch, tmp_path):
+    runs, run = run_copy(one_epoch, tmp_path)
+    (run / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    line = fails_in_one_line(small_config(synthetic_root, runs, "resume=auto", "trainer.max_epochs=2"), tmp_path / "fresh",
+                             ValueError, f"{run / 'metrics.csv'} is not a readable metrics CSV")
+    assert "move it aside" in line
+
+
+def test_one_line_unwraps_an_error_raised_in_a_loader_worker(data):
+    from torch.utils.data import DataLoader
+
+    from trashseg.data.dataset import CocoSegmentationDataset
+
+    image = first_train_image(data)
+    image.write_bytes(image.read_bytes()[:300])
+    loader = DataLoader(CocoSegmentationDataset(data, "train.json"), batch_size=None, num_workers=1)
+    with pytest.raises(ValueError) as caught:
+        next(iter(loader))
+    assert "Traceback" in str(caught.value)  # what the worker hands over...
+    assert one_line(caught.value) == f"truncated JPEG: {image} (the file ends before the JPEG end marker; re-copy it)"
 
 
 def test_truncated_csv_to_vote_is_one_line(tmp_path, capsys):
