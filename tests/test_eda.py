@@ -60,3 +60,52 @@ def test_synthetic_set_counts_match_the_json(synthetic_root, tmp_path):
 def test_runs_on_the_real_sample(recycle_sample, tmp_path):
     assert main(["--root", str(recycle_sample), "--ann", "val.json", "--out", str(tmp_path)]) == 0
     assert "10 images, 103 objects" in (tmp_path / "report.md").read_text()
+
+
+def _four_images(root):
+    """Three 10x10 images with a 20 px Paper; the fourth adds a 20 px Battery beside its Paper."""
+    (root / "img").mkdir(parents=True)
+    square = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]  # noqa: E731
+    images, annotations = [], []
+    for i in range(4):
+        cv2.imwrite(str(root / f"img/{i}.png"), np.full((10, 10, 3), 60 * i, np.uint8))
+        images.append({"id": i, "file_name": f"img/{i}.png", "height": 10, "width": 10})
+        annotations.append({"id": 10 + i, "image_id": i, "category_id": 2, "segmentation": square(0, 0, 5, 4), "iscrowd": 0})
+    annotations.append({"id": 20, "image_id": 3, "category_id": 9, "segmentation": square(5, 6, 10, 10), "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": 2, "name": "Paper"}, {"id": 9, "name": "Battery"}]}
+    (root / "ann.json").write_text(json.dumps(coco))
+
+
+def _training_rows(report):
+    section = report.split("## Training samples")[1]
+    return {line.split("|")[1].strip(): [float(c) if c.strip() != "nan" else None for c in line.split("|")[2:-1]]
+            for line in section.splitlines() if line.startswith("| ") and line.count("|") == 5 and "share" not in line}
+
+
+def test_training_samples_follow_the_sampler(tmp_path):
+    root = tmp_path / "data"
+    _four_images(root)
+    out = tmp_path / "eda"
+    # t = 1: f(Battery) = 1/4 -> the Battery image repeats sqrt(4) = 2 times; Paper (in all) once.
+    # One epoch is 5 draws: 500 pixels, Paper 5 x 20, Battery 2 x 20.
+    assert main(["--root", str(root), "--ann", "ann.json", "--out", str(out), "--sampler", "class_balanced",
+                 "--repeat-threshold", "1", "--samples", "5"]) == 0
+    rows = _training_rows((out / "report.md").read_text())
+    assert rows["Paper"][:2] == [80 / 400 * 100, 100 / 500 * 100]
+    assert rows["Battery"][:2] == [20 / 400 * 100, 40 / 500 * 100]
+    assert rows["Background"][:2] == [300 / 400 * 100, 360 / 500 * 100]
+    assert (out / "class_pixel_share_training.png").is_file()
+
+
+def test_training_samples_show_copy_paste(tmp_path):
+    root = tmp_path / "data"
+    _four_images(root)
+    recipe = tmp_path / "cp.yaml"
+    recipe.write_text("{p: 1.0, max_objects: 1, scale: [1.0, 1.0], class_weights: {Battery: 1}}")
+    out = tmp_path / "eda"
+    assert main(["--root", str(root), "--ann", "ann.json", "--out", str(out), "--copy-paste", str(recipe),
+                 "--samples", "4"]) == 0
+    rows = _training_rows((out / "report.md").read_text())
+    # every image gets the 20 px Battery (the fourth may land on its own): at least 80 of 400 pixels
+    assert rows["Battery"][0] == 5 and rows["Battery"][1] >= 20

@@ -387,3 +387,74 @@ def test_crf_without_the_package_is_one_line(monkeypatch, tmp_path, capsys):
     assert inference(["--checkpoint", str(tmp_path / "missing.ckpt"), "--post", "crf", "--split", "val"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: --post crf needs the optional package pydensecrf2: pip install pydensecrf2"
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(synthetic_root, tmp_path_factory):
+    """A checkpoint file as train.py writes it, of a small random-init model (noisy labels
+    that the mode filter changes), without spending time on training."""
+    from trashseg.models import build_model
+
+    overrides = ["experiment=quickstart", f"data.root={synthetic_root}", "model.encoder_depth=3",
+                 "model.decoder.decoder_channels=[16,8,8]"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=True)
+    torch.manual_seed(0)
+    model = build_model(cfg["model"], len(cfg["data"]["classes"])).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "best.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"cfg": cfg}}, path)
+    return path
+
+
+def _plain_and_mode3(ckpt, root, ann):
+    """Per image (argmax, mode3 of it), computed here from the predictor directly."""
+    from trashseg.inference import Predictor, load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    predictor = Predictor([loaded])
+    ds = CocoSegmentationDataset(root, ann, mode="test")
+    out = []
+    for i in range(len(ds)):
+        plain = predictor.predict(ds[i]["image"][None])[0]
+        out.append((ds[i]["file_name"], plain, mode_filter3(plain, len(loaded.classes))))
+    assert any(not torch.equal(p, m) for _, p, m in out)  # the filter has something to do
+    return out
+
+
+def test_val_reports_the_metric_with_and_without_post_processing(untrained_checkpoint, tmp_path, capsys):
+    from trashseg.inference.cli import main as inference
+
+    common = ["--checkpoint", str(untrained_checkpoint), "--split", "val", "--num-workers", "0"]
+    assert inference([*common, "--out", str(tmp_path / "plain.json")]) == 0
+    assert inference([*common, "--post", "mode3", "--out", str(tmp_path / "mode3.json")]) == 0
+    plain, post = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "mode3"))
+    assert post["post"] == "mode3" and "without post-processing" not in plain
+    assert post["without post-processing"]["full resolution"] == plain["full resolution"]
+    assert post["without post-processing"]["256x256"] == plain["256x256"]
+    assert post["full resolution"]["mIoU"] != plain["full resolution"]["mIoU"]
+    assert "--post mode3 changes full-resolution mIoU by" in capsys.readouterr().out
+
+
+def test_submission_and_pseudo_labels_get_the_post_processed_labels(untrained_checkpoint, synthetic_root, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from trashseg.inference.cli import main as inference
+    from trashseg.inference.pseudo import main as pseudo
+    from trashseg.submission import read_submission, to_submission_size
+
+    expected = _plain_and_mode3(untrained_checkpoint, synthetic_root, "test.json")
+    common = ["--checkpoint", str(untrained_checkpoint), "--split", "test", "--num-workers", "0", "--post", "mode3"]
+    assert inference([*common, "--out", str(tmp_path / "sub.csv")]) == 0
+    for (name, labels), (file_name, _, mode3) in zip(read_submission(tmp_path / "sub.csv"), expected):
+        assert name == file_name
+        np.testing.assert_array_equal(labels, to_submission_size(mode3.numpy().astype(np.uint8)))
+    assert pseudo([*common, "--min-confidence", "0", "--out", str(tmp_path / "pseudo.json")]) == 0
+    coco = json.loads((tmp_path / "pseudo.json").read_text())
+    assert coco["info"]["post"] == "mode3"
+    by_id = {c["id"]: CLASSES.index(c["name"]) for c in coco["categories"]}
+    for image, (_, _, mode3) in zip(coco["images"], expected):
+        rebuilt = np.zeros(mode3.shape, np.int64)
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image["id"]):
+            rebuilt[mask_utils.decode(ann["segmentation"]).astype(bool)] = by_id[ann["category_id"]]
+        np.testing.assert_array_equal(rebuilt, mode3.numpy())

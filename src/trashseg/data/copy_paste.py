@@ -204,17 +204,18 @@ class CopyPaste:
         weights = cfg["class_weights"]
         if isinstance(weights, Mapping):
             missing = [dataset.classes[label] for label in weights if label not in counts]
-            if missing:
-                warnings.warn(f"augment.copy_paste: no object of {', '.join(missing)} in {dataset.ann_path.name} "
-                              "to paste; the other classes are pasted", stacklevel=2)
+            if missing and len(missing) < len(weights):
+                warnings.warn(f"augment.copy_paste: no object of {', '.join(missing)} (of {MIN_PIXELS}+ visible pixels) "
+                              f"in {dataset.ann_path.name} to paste; the other classes are pasted", stacklevel=3)
             rates = {label: weights[label] for label in counts}
         elif weights == "rarity":
             rates = {label: 1 / math.sqrt(n) for label, n in counts.items()}
         else:
             rates = {label: float(n) for label, n in counts.items()}
         if not rates:
-            raise ValueError(f"augment.copy_paste: {dataset.ann_path} holds no object of the classes to paste "
-                             f"({', '.join(dataset.classes[label] for label in pool_labels(cfg, dataset.classes))})")
+            raise ValueError(f"augment.copy_paste: {dataset.ann_path} holds no object of {MIN_PIXELS}+ visible pixels of "
+                             f"the classes to paste ({', '.join(dataset.classes[label] for label in pool_labels(cfg, dataset.classes))}); "
+                             "name classes it has in class_weights")
         self.labels = np.array(sorted(rates))
         self.rates = np.array([rates[label] for label in self.labels]) / sum(rates.values())
 
@@ -235,6 +236,6 @@ class CopyPaste:
             if flip:
                 rgb, alpha = rgb[:, ::-1], alpha[:, ::-1]
             y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            region = alpha.astype(bool)
-            image[y: y + h, x: x + w][region] = rgb[region]
-            mask[y: y + h, x: x + w][region] = label
+            region = alpha.view(bool)
+            np.copyto(image[y: y + h, x: x + w], rgb, where=region[..., None])
+            np.copyto(mask[y: y + h, x: x + w], label, where=region)

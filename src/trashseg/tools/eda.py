@@ -146,7 +146,9 @@ def sampled_pixels(ds: CocoSegmentationDataset, samples: int, sampler: str = "sh
     for epoch in itertools.count():
         draw.set_epoch(epoch)
         for key in draw:
-            counts = np.bincount(ds[key]["mask"].numpy().ravel(), minlength=256)
+            # without augmentation the mask alone tells the counts: no image needs decoding
+            mask = ds[key]["mask"].numpy() if ds.transforms or ds.copy_paste else ds.mask(key[0])
+            counts = np.bincount(mask.ravel(), minlength=256)
             pixels += counts[:n]
             ignored += int(counts[n:].sum())
             drawn += 1
@@ -158,7 +160,8 @@ def sampled_pixels(ds: CocoSegmentationDataset, samples: int, sampler: str = "sh
 def training_view(root: Path, ann: Path, classes, overlap: str, options: Mapping, out: Path) -> list[str]:
     """The report section comparing the file's class pixel shares with those of training samples."""
     ds = CocoSegmentationDataset(root, ann, classes=classes, overlap=overlap, cache_dir=False,
-                                 transforms=options["augment"] or None, copy_paste=options["copy_paste"])
+                                 transforms=options["augment"] or None, copy_paste=options["copy_paste"],
+                                 images_relative_to=options["images_relative_to"])
     before = collect_pixels(ds)
     after, ignored = sampled_pixels(ds, options["samples"], options["sampler"], options["repeat_threshold"], options["seed"])
     table = pd.DataFrame({"pixel share in the file (%)": 100 * before / max(before.sum(), 1),
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--repeat-threshold", type=float, default=0.1, help="for --sampler class_balanced")
     group.add_argument("--samples", type=int, help="how many (default 300 when any option of this group is given)")
     group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--images-relative-to", choices=["root", "ann"], default="root",
+                       help="file_name relative to --root, or to the annotation file's folder (TrashCan)")
     args = parser.parse_args(argv)
     return run_or_report(lambda: f"wrote {run_eda(args.root, args.ann, args.out, args.classes, args.overlap, training_options(args))}"
                                  " and its charts")
@@ -265,6 +270,7 @@ def training_options(args: argparse.Namespace) -> dict | None:
         raise ValueError(f"--samples {samples}: give at least 1")
     return {"augment": steps, "copy_paste": copy_paste, "sampler": args.sampler or "shuffle",
             "repeat_threshold": args.repeat_threshold, "samples": samples, "seed": args.seed,
+            "images_relative_to": args.images_relative_to,
             "augment_file": args.augment, "copy_paste_file": args.copy_paste or args.augment}
 
 
