@@ -211,6 +211,32 @@ def test_pool_is_built_once_on_disk_and_shared(paste_root, tmp_path, monkeypatch
     assert all(torch.equal(m, again[k]["mask"]) for m, k in zip(in_workers, keys))
 
 
+def test_pool_pickles_as_its_folder_for_spawned_workers(paste_root, tmp_path):
+    import pickle
+
+    ds = CocoSegmentationDataset(paste_root, "ann.json", cache_dir=tmp_path / "cache", copy_paste=ONLY_BATTERY)
+    blob = pickle.dumps(ds.copy_paste.pool)
+    assert len(blob) < 1000  # the folder, not the crops
+    again = pickle.loads(blob)
+    assert all(np.array_equal(a, b) for a, b in zip(again.crop(0), ds.copy_paste.pool.crop(0)))
+
+
+def test_extra_sources_are_balanced_and_pasted_too(paste_root, tmp_path):
+    from trashseg.data import TrashDataModule
+
+    module = TrashDataModule(paste_root, train_ann="ann.json", val_ann="ann.json", cache_dir=str(tmp_path / "cache"),
+                             extra_train=[{"ann": "ann.json"}], sampler="class_balanced", repeat_threshold=1.0,
+                             augment={"copy_paste": ONLY_BATTERY}, num_workers=0, batch_size=1)
+    module.prepare_data()  # builds the pool once, on disk
+    train = module.dataset("train")
+    assert train.datasets[1].copy_paste is train.datasets[0].copy_paste
+    # 4 images (2 per source): Battery and Paper in half of them -> r = sqrt(2); Plastic in half too
+    np.testing.assert_allclose(module.train_dataloader().sampler.factors, [math.sqrt(2)] * 4)
+    assert (train[(3, 0)]["mask"] == BATTERY).sum() == 64  # the extra copy of image 2 gets its paste
+    with pytest.raises(ValueError, match=r"augment: unknown keys \['copypaste'\]"):
+        TrashDataModule(paste_root, augment={"copypaste": {}})
+
+
 @pytest.mark.parametrize("cfg, message", [
     ({"class_weights": {"Batery": 5}}, r"'Batery' is not a class of data.classes; did you mean 'Battery'"),
     ({"class_weights": {"Battery": 0}}, r"every weight is 0"),
