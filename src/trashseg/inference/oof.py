@@ -1,7 +1,7 @@
 """Out-of-fold score of a k-fold sweep: each fold's best checkpoint on its own val images,
 ONE confusion matrix over all of them (the CV mIoU of the whole pool, e.g. train_all).
 
-    python -m trashseg.inference.oof runs/multirun/<experiment>/<time> [--tta hflip] [--scales 0.75 1 1.25] [--worst 16]
+    python -m trashseg.inference.oof runs/multirun/<experiment>/<time> [--tta hflip] [--scales 0.75 1 1.25] [--post mode3] [--worst 16]
 
 Writes into SWEEP_DIR/oof (or --out): `oof.json` (CV metrics, per-class IoU, per-fold mIoU and
 spread, the confusion matrix), `oof.md`, `per_image.csv` (image, fold, mIoU, worst class; worst
@@ -28,8 +28,9 @@ from trashseg.data.kfold import fold_annotations
 from trashseg.metric import confusion_matrix, iou_per_class, summarize
 
 from .checkpoint import load_checkpoint
-from .loop import build_loader, predict_probs
+from .loop import build_loader, predict_labels
 from .options import add_predictor_args, run_config, run_fold, sweep_runs
+from .postprocess import check_post
 from .predictor import Predictor
 
 SPLIT_HINT = "python train.py -m experiment=X data=recycle_kfold data.fold=0,1,2,3,4"
@@ -76,8 +77,8 @@ def score_fold(result: OOFResult, fold: int, run: Path, args: argparse.Namespace
     predictor = Predictor([ckpt], tta=args.tta, scales=args.scales, device=args.device)
     n = len(result.classes)
     fold_confusion = torch.zeros(n, n, dtype=torch.long)
-    for item, probs in predict_probs(predictor, loader, desc=f"fold {fold}"):
-        pred = probs.argmax(0).cpu()
+    for item, _, labels in predict_labels(predictor, loader, args.post, desc=f"fold {fold}"):
+        pred = labels.cpu()
         truth = item["mask"][: pred.shape[0], : pred.shape[1]]
         confusion = confusion_matrix(pred, truth, n)
         fold_confusion += confusion
@@ -115,7 +116,7 @@ def summary(result: OOFResult, args: argparse.Namespace) -> dict:
     return {"cv": cv, "folds": result.folds, "images": len(result.images),
             "fold_spread": {"mean": float(fold_miou.mean()), "std": float(fold_miou.std()),
                             "min": float(fold_miou.min()), "max": float(fold_miou.max())},
-            "tta": args.tta, "scales": args.scales, "classes": result.classes, "confusion": result.confusion.tolist()}
+            "tta": args.tta, "scales": args.scales, "post": args.post, "classes": result.classes, "confusion": result.confusion.tolist()}
 
 
 def markdown(report: dict, per_image: pd.DataFrame, n_worst: int) -> str:
@@ -123,7 +124,7 @@ def markdown(report: dict, per_image: pd.DataFrame, n_worst: int) -> str:
     lines = [f"# Out-of-fold score: {report['images']} images, {len(report['folds'])} folds",
              "", f"**CV mIoU {cv['mIoU']:.4f}** (one confusion matrix over every image, each predicted by the model "
              f"that did not train on it); pixel acc {cv['pixel_acc']:.4f}; mean per-image mIoU {cv['mIoU_per_image']:.4f}; "
-             f"TTA {report['tta']}, scales {report['scales']}.", "",
+             f"TTA {report['tta']}, scales {report['scales']}, post-processing {report['post']}.", "",
              f"Per-fold mIoU {spread['mean']:.4f} +- {spread['std']:.4f} (min {spread['min']:.4f}, max {spread['max']:.4f}).", "",
              pd.DataFrame(report["folds"]).drop(columns="run").to_markdown(index=False, floatfmt=(".0f", ".0f", ".4f", ".4f")), "",
              "## Per-class IoU", "",
@@ -151,6 +152,7 @@ def write_outputs(result: OOFResult, args: argparse.Namespace, out: Path) -> dic
 
 
 def oof(args: argparse.Namespace) -> str:
+    check_post(args.post)
     runs = fold_runs(args.sweep_dir, args.data_root)
     classes = list(run_config(runs[0][1])["data"]["classes"])
     n = len(classes)
