@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -91,6 +93,19 @@ warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not emp
 warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
 
+@contextmanager
+def process_flags_restored():
+    """The Trainer sets process-wide torch flags (deterministic algorithms, cuDNN benchmark); give
+    callers in the same process (tests, notebooks) back the ones they had."""
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit; returns the final logged metrics (floats)."""
     check_config(cfg)
@@ -115,20 +130,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
     module = SegmentationModule(plain)
 
-    loggers = build_loggers(plain, run_dir, resume and resume.pop("wandb_run_id"))
+    loggers = build_loggers(plain, run_dir, resume.pop("wandb_run_id") if resume else None)
     folder = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
                            auto_insert_metric_name=False)
     # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
     # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
     last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-    callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume), ScheduleHorizon(plain["scheduler"]["name"]),
-                 WandbMedia()]
+    callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume),
+                 ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
     callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
-    trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
-                        callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
-    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-    if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
-        module.wandb_run_id = wandb_loggers[0].experiment.id
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    with process_flags_restored():
+        trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
+                            callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
+        wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+        if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
+            module.wandb_run_id = wandb_loggers[0].experiment.id
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
