@@ -19,6 +19,15 @@ from trashseg.data.datamodule import TrashDataModule
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """With two pytest workers on two cores, two torch threads each make these tiny steps many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def config(synthetic_root, tmp_path, *overrides):
     base = [
         "experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.batch_size=4",
@@ -48,37 +57,6 @@ def test_quickstart_writes_the_run_folder(synthetic_root, tmp_path):
     assert any(k.startswith("model.encoder.") for k in ckpt["state_dict"])
     best_epoch = int(val.loc[val["val/mIoU"].idxmax(), "epoch"])
     assert ckpt["epoch"] == best_epoch  # best.ckpt holds the epoch with the highest val mIoU
-
-
-def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def test_resume_gives_identical_weights(synthetic_root, tmp_path, monkeypatch):
-    deterministic = ["trainer.deterministic=true", "trainer.max_epochs=2"]  # with augmentation (flip)
-    straight = tmp_path / "runs" / "quickstart" / "straight"
-    run_module.train(config(synthetic_root, tmp_path, *deterministic), straight)
-
-    def interrupt_after_first_epoch(self):
-        self.trainer.should_stop = True  # as if the job were killed after epoch 0's checkpoint
-
-    first = tmp_path / "runs" / "quickstart" / "first"
-    with monkeypatch.context() as patch:
-        patch.setattr(SegmentationModule, "on_train_epoch_end", interrupt_after_first_epoch, raising=False)
-        run_module.train(config(synthetic_root, tmp_path, *deterministic), first)
-    resumed_ckpt = first / "checkpoints" / "last.ckpt"
-    assert torch.load(resumed_ckpt, weights_only=True)["epoch"] == 0
-    run_module.train(config(synthetic_root, tmp_path, f"resume={resumed_ckpt}", *deterministic),
-                     tmp_path / "runs" / "quickstart" / "unused")
-    a, b = weights(straight / "checkpoints/last.ckpt"), weights(resumed_ckpt)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert not (tmp_path / "runs" / "quickstart" / "unused").exists()
-    # metrics.csv of the resumed run holds both epochs, like the uninterrupted one
-    val = lambda run: pd.read_csv(run / "metrics.csv").dropna(subset=["val/mIoU"])  # noqa: E731
-    assert list(val(first)["epoch"]) == [0, 1]
-    assert val(first)["val/mIoU"].tolist() == pytest.approx(val(straight)["val/mIoU"].tolist(), abs=1e-7)
 
 
 def test_resume_auto_finds_the_newest_run(tmp_path):

@@ -29,14 +29,6 @@ def data(synthetic_root, tmp_path):
     return shutil.copytree(synthetic_root, tmp_path / "data")
 
 
-@pytest.fixture(scope="module")
-def one_epoch(synthetic_root, tmp_path_factory):
-    """A finished one-epoch run folder (copy it before changing it)."""
-    runs = tmp_path_factory.mktemp("runs")
-    train(small_config(synthetic_root, runs, "trainer.max_epochs=1"), runs / "quickstart" / "one")
-    return runs / "quickstart" / "one"
-
-
 def run_copy(one_epoch, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(one_epoch, runs / "quickstart" / "one")

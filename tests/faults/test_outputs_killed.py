@@ -6,16 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from faultlib import explain, killed, run_script, small_config, temp_files
+from faultlib import explain, killed, run_script, temp_files
 from trashseg.inference.probs_store import read_index
-from trashseg.training.run import train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, synthetic_root):
-    runs = tmp_path_factory.mktemp("runs")
-    train(small_config(synthetic_root, runs, "trainer.max_epochs=1"), runs / "quickstart" / "one")
-    return runs / "quickstart" / "one" / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def checkpoint(one_epoch):
+    return one_epoch / "checkpoints" / "last.ckpt"
 
 
 def files(folder):

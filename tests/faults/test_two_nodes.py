@@ -10,7 +10,6 @@ import sys
 import lightning as L
 import pandas as pd
 import pytest
-import torch
 
 from faultlib import REPO, SMALL, temp_files
 from trashseg.checkpoint_file import read_checkpoint, run_config
@@ -53,15 +52,9 @@ def test_two_nodes_share_one_run_folder_and_validate_like_one_process(synthetic_
     cfg = run_config(ckpt, run_dir)
     module = SegmentationModule(cfg)
     module.load_state_dict(ckpt["state_dict"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the node processes
-    try:
-        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, use_distributed_sampler=False)
-        single = trainer.validate(module, datamodule=TrashDataModule(**cfg["data"], augment=cfg["augment"]),
-                                  verbose=False)[0]
-    finally:
-        torch.set_num_threads(threads)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    single = trainer.validate(module, datamodule=TrashDataModule(**cfg["data"], augment=cfg["augment"]), verbose=False)[0]
     logged = val.iloc[-1]
     for key in ("val/mIoU", "val/pixel_acc", "val/mIoU_per_image", "val/loss"):
         assert logged[key] == pytest.approx(single[key], abs=1e-6), key
