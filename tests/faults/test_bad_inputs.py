@@ -81,6 +81,18 @@ def test_truncated_image_in_a_loader_worker_is_one_line_from_train_py(data, tmp_
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
 
 
+def test_truncated_image_in_a_loader_worker_is_one_line_from_inference(data, one_epoch, tmp_path, capsys):
+    test_image = data / json.loads((data / "test.json").read_text())["images"][2]["file_name"]
+    test_image.write_bytes(test_image.read_bytes()[:300])
+    out = tmp_path / "s.csv"
+    assert inference(["--checkpoint", str(one_epoch / "checkpoints" / "last.ckpt"), "--data-root", str(data),
+                      "--num-workers", "1", "--batch-size", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err  # after tqdm's progress bar
+    [line] = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: truncated JPEG: {test_image}") and "Traceback" not in err
+    assert not out.exists() and temp_files(tmp_path) == []
+
+
 @pytest.mark.parametrize("damage, error, match", [
     (lambda c: c["categories"][0].update(name="Batery"), ValueError, "category 'Batery' (id 9) is not in the class list"),
     (lambda c: c["images"][1].update(id=c["images"][0]["id"]), ValueError, "duplicate image ids [0]"),
