@@ -20,7 +20,6 @@ from trashseg.data import copy_paste as copy_paste_module
 from trashseg.data.samplers import ClassBalancedSampler, SeededSampler, item_seed, repeat_factors
 from trashseg.data.transforms import build_transforms
 from trashseg.inference.postprocess import check_post, dense_crf, mode_filter3
-from trashseg.training import config_check
 from trashseg.training import run as run_module
 from trashseg.training.module import SegmentationModule
 
@@ -262,9 +261,6 @@ def test_rarity_weights_follow_inverse_square_root_of_object_counts(synthetic_ro
 def test_resume_with_copy_paste_and_class_balanced_sampling_gives_identical_weights(synthetic_root, tmp_path, monkeypatch):
     """tests/test_train.py's resume test, with both recipes on: what they draw is a function of
     (seed, epoch, index), so 1 epoch + resume + 1 epoch = 2 epochs straight."""
-    # until config_check allows augment.copy_paste (the one-line change this issue asks for)
-    monkeypatch.setattr(config_check, "AUGMENT", config_check.AUGMENT | {"copy_paste"})
-
     def config(*overrides):
         base = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.batch_size=8",
                 "data.val_batch_size=5", "trainer.enable_progress_bar=false", "logger=csv", f"runs_dir={tmp_path / 'runs'}",

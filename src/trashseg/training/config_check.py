@@ -21,7 +21,7 @@ OPTIMIZER = {"name", "lr", "weight_decay", "groups", "no_decay_norm_bias", "stri
 SCHEDULER = {"name", "warmup_steps", "warmup_epochs", "power", "min_lr_ratio", "cycles", "gamma", "step_size_epochs",
              "milestones_epochs"}
 LOSS = {"terms", "aux_weight"}
-AUGMENT = {"train", "val", "test"}
+AUGMENT = {"train", "val", "test", "copy_paste"}
 LOGGER = {"csv", "wandb"}
 WANDB = {"enabled", "offline", "project", "entity", "group", "tags", "name", "overlays"}
 
