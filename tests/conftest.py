@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TRASHSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -18,6 +19,8 @@ def _isolated_caches(tmp_path_factory):
     os.environ["WANDB_MODE"] = "offline"
     os.environ["WANDB_DIR"] = str(tmp_path_factory.mktemp("wandb"))
     os.environ.setdefault("WANDB_SILENT", "true")
+    # pytest -n 2 on 2 cores: a second intra-op thread per worker only spins (tiny steps ~30x slower)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trashseg.atomic import write_text
 from trashseg.cli import run_or_report
 from trashseg.metric import SegmentationMetric
 from trashseg.submission import SubmissionWriter, to_submission_size
@@ -101,7 +103,7 @@ def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_w
         gain = results["full resolution"]["mIoU"] - results["without post-processing"]["full resolution"]["mIoU"]
         print(f"--post {post} changes full-resolution mIoU by {gain:+.4f}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_text(out, json.dumps(results, indent=1))
     return f"wrote {out}"
 
 
@@ -112,14 +114,11 @@ def run(args: argparse.Namespace) -> str:
     name = checkpoints[0].path.resolve().parent.parent.name
     out = args.out or Path("submissions") / (f"{name}.csv" if args.split == "test" else f"{name}_val.json")
     sources = [str(c.path) for c in checkpoints]
-    probs_writer = ProbsWriter(args.save_probs, classes, sources) if args.save_probs else None
-    if args.split == "test":
-        message = run_test(predictor, loader, out, args.size, probs_writer, args.post)
-    else:
-        message = run_val(predictor, loader, classes, out, args.size, probs_writer, args.post)
-    if probs_writer is not None:
-        probs_writer.close()
-    return message
+    # a failed run removes its half-written probabilities folder at once
+    with ProbsWriter(args.save_probs, classes, sources) if args.save_probs else contextlib.nullcontext() as probs_writer:
+        if args.split == "test":
+            return run_test(predictor, loader, out, args.size, probs_writer, args.post)
+        return run_val(predictor, loader, classes, out, args.size, probs_writer, args.post)
 
 
 def main(argv=None) -> int:
