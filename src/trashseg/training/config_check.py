@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import lightning as L
 
-from trashseg.data.datamodule import TrashDataModule
+from trashseg.data.datamodule import AUGMENT_KEYS, TrashDataModule
 from trashseg.models.registry import MODELS
 from trashseg.training.overrides import unknown_key_message
 
@@ -21,7 +21,7 @@ OPTIMIZER = {"name", "lr", "weight_decay", "groups", "no_decay_norm_bias", "stri
 SCHEDULER = {"name", "warmup_steps", "warmup_epochs", "power", "min_lr_ratio", "cycles", "gamma", "step_size_epochs",
              "milestones_epochs"}
 LOSS = {"terms", "aux_weight"}
-AUGMENT = {"train", "val", "test", "copy_paste"}
+AUGMENT = set(AUGMENT_KEYS)  # one list: the data module checks the same keys
 LOGGER = {"csv", "wandb"}
 WANDB = {"enabled", "offline", "project", "entity", "group", "tags", "name", "overlays"}
 
