@@ -21,6 +21,8 @@ CONFIGS = REPO / "configs"
     (["data.batchsize=3"], "unknown config key 'data.batchsize'; did you mean data.batch_size"),
     (["logger.wandb.projekt=x"], "unknown config key 'logger.wandb.projekt'; did you mean logger.wandb.project"),
     (["lrr=0.1"], "unknown config key 'lrr'"),
+    (["+augment/copy_paste=rare", "augment.copy_paste.pp=0.8"],
+     "unknown config key 'augment.copy_paste.pp'; did you mean augment.copy_paste.p"),
     # a key one model of a group sweep lacks: named with the selection that lacks it
     (["-m", "experiment=quickstart", "model=unet_tiny,fcn8s_vgg16", "model.encoder_name=resnet34"],
      "unknown config key 'model.encoder_name'; valid keys: batch_norm, fc_channels, name, pretrained, variant "
@@ -36,6 +38,7 @@ def test_unknown_keys_are_named_with_the_closest(args, message):
     ["experiment=fcn8s_vgg16", "model.variant=16s", "data.batch_size=4"],  # keys the experiment's model has
     ["-m", "experiment=quickstart", "optimizer.lr=1e-3,3e-4", "hydra.run.dir=x", "hydra.sweep.dir=y"],
     ["+optimizer.new_key=1", "~trainer.max_time", "++seed=3"],  # additions and deletions: Hydra's business
+    ["+augment/copy_paste=rare", "augment.copy_paste.p=0.8"],  # a key of a group added on the command line
     ["experiment=quickstrat", "optimizer.lrr=1"],  # no such experiment: Hydra lists the valid ones
     ["--config-name", "other", "optimizer.lrr=1"],  # another primary config: not ours to check
 ])

@@ -63,6 +63,9 @@ def check_overrides(args: list[str], config_dir: Path, config_name: str = "train
         return None
     groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
     choices = [o for o in overrides if o.key_or_group in groups and o.type == OverrideType.CHANGE]
+    # `+augment/copy_paste=rare` adds a group whose keys the value overrides may then set
+    added = [f"+{o.key_or_group}={o.get_value_element_as_str()}" for o in overrides
+             if o.type == OverrideType.ADD and (config_dir / o.key_or_group).is_dir() and not o.is_sweep_override()]
     values = [o for o in overrides if o.type == OverrideType.CHANGE and o.key_or_group not in groups
               and o.key_or_group.split(".")[0] != "hydra"]
     combinations = list(itertools.islice(
@@ -72,7 +75,7 @@ def check_overrides(args: list[str], config_dir: Path, config_name: str = "train
     with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
         for selection in combinations:
             try:
-                cfg = compose(config_name, overrides=list(selection))
+                cfg = compose(config_name, overrides=[*selection, *added])
             except HydraException:
                 return None
             for override in values:
