@@ -1,4 +1,7 @@
-"""Test-time augmentation views: pairs of (forward, inverse) on N x C x H x W tensors."""
+"""Test-time augmentation views: pairs of (forward, inverse) on N x C x H x W tensors.
+
+A neutral module (it imports nothing of ours): inference averages predictions over the views,
+and so does training when a distillation teacher runs with TTA."""
 
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ TTA_MODES = {
 }
 
 
-def tta_views(mode: str) -> list[View]:
+def tta_views(mode: str, option: str = "--tta") -> list[View]:
+    """`option` names the setting in the error (a CLI flag, or a config key such as distill.tta)."""
     if mode not in TTA_MODES:
-        raise ValueError(f"unknown --tta {mode!r}; choose one of {', '.join(TTA_MODES)}")
+        raise ValueError(f"unknown {option} {mode!r}; choose one of {', '.join(TTA_MODES)}")
     return TTA_MODES[mode]
