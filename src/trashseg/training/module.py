@@ -1,5 +1,6 @@
-"""The LightningModule: normalise on the device, loss (with optional aux head), the
-competition metric on validation, optimizer groups and a per-step schedule."""
+"""The LightningModule: normalise on the device, loss (with optional aux head and optional
+distillation from teacher checkpoints), the competition metric on validation, optimizer groups
+and a per-step schedule."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from trashseg.data.normalize import Normalize
 from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
 
+from .distill import Distiller, UnlabelledStream
 from .losses import WeightedLoss
 from .optim import build_optimizer, build_scheduler
 from .param_groups import groups_table
@@ -24,6 +26,9 @@ from .param_groups import groups_table
 
 # Validation metrics are summed across processes by torchmetrics before they are logged.
 warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('val/.*sync_dist=True")
+
+
+UNLABELLED_POSITION = "distill_unlabelled_position"  # checkpoint key: images of the unlabelled stream trained on
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +55,13 @@ class SegmentationModule(L.LightningModule):
         self.overlays_wanted = int(wandb_cfg.get("overlays") or 0) if wandb_cfg.get("enabled") else 0
         self.overlay_batch: dict | None = None
         self._resumed_rng: dict | None = None
+        distill = cfg.get("distill")
+        # Teachers load here, before any run file is written: a bad path or class list stops the start.
+        self.distiller = Distiller(distill, self.classes) if distill else None
+        self.unlabelled = None
+        if distill and distill.get("unlabelled"):
+            batch_size = distill.get("unlabelled_batch_size") or cfg["data"]["batch_size"]
+            self.unlabelled = UnlabelledStream(distill["unlabelled"], cfg["data"], cfg["augment"]["train"], batch_size)
 
     def forward(self, images: torch.Tensor):
         x = self.normalize(images)
@@ -58,12 +70,32 @@ class SegmentationModule(L.LightningModule):
         return self.model(x)
 
     def _loss(self, out, target: torch.Tensor) -> torch.Tensor:
+        """The loss on labels (validation's too)."""
         if isinstance(out, dict):
             return self.criterion(out["out"], target) + self.aux_weight * self.criterion(out["aux"], target)
         return self.criterion(out, target)
 
+    def _distill_loss(self, images: torch.Tensor, out, target: torch.Tensor) -> torch.Tensor:
+        """The KL term on the labelled batch's labelled pixels and, with unlabelled sources, on a
+        batch of those images' pixels (padding and borders excluded)."""
+        logits = out["out"] if isinstance(out, dict) else out
+        parts = [(images, logits, target != IGNORE_INDEX)]
+        if self.unlabelled is not None:
+            free_images, valid = self.unlabelled.next(self.trainer.world_size, self.trainer.global_rank)
+            free_images, valid = free_images.to(self.device, non_blocking=True), valid.to(self.device, non_blocking=True)
+            free_out = self(free_images)
+            parts.append((free_images, free_out["out"] if isinstance(free_out, dict) else free_out, valid))
+        return self.distiller.kd(parts)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["mask"])
+        out = self(batch["image"])
+        loss = self._loss(out, batch["mask"])
+        batch_size = len(batch["image"])
+        if self.distiller is not None:
+            label_loss, kd = loss, self._distill_loss(batch["image"], out, batch["mask"])
+            loss = self.distiller.combine(label_loss, kd)
+            # the parts before weighting: train/loss = (1 - alpha) x train/ce + alpha x train/kd
+            self.log_dict({"train/ce": label_loss, "train/kd": kd}, on_step=True, on_epoch=False, batch_size=batch_size)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {self.current_epoch} step {self.global_step}; training stopped and "
@@ -72,7 +104,7 @@ class SegmentationModule(L.LightningModule):
             )
         # Per step only: an epoch aggregate would reach the logger after the epoch's checkpoint is written,
         # so a kill in between would lose it for good (training.history).
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -123,9 +155,13 @@ class SegmentationModule(L.LightningModule):
         wandb_id = getattr(self, "wandb_run_id", None)
         if wandb_id:
             checkpoint["wandb_run_id"] = wandb_id
+        if self.unlabelled is not None:
+            checkpoint[UNLABELLED_POSITION] = self.unlabelled.position
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_rng = checkpoint.get("rng")
+        if self.unlabelled is not None:
+            self.unlabelled.position = int(checkpoint.get(UNLABELLED_POSITION, 0))
 
     def on_train_start(self) -> None:
         # Applied here, after the sanity check, which would otherwise consume random numbers.
@@ -136,3 +172,7 @@ class SegmentationModule(L.LightningModule):
             kind, keys, pos, has_gauss, cached = rng["numpy"]
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
             self._resumed_rng = None
+
+    def on_train_end(self) -> None:
+        if self.unlabelled is not None:
+            self.unlabelled.close()  # its loader's workers

@@ -1,0 +1,242 @@
+"""Knowledge distillation (Hinton et al. 2015): a student learns from frozen teacher checkpoints.
+
+    loss = (1 - alpha) x the usual loss on labels + alpha x T^2 x KL(p_teacher || p_student)
+
+with p = softmax(logits / T) per pixel, the KL summed over classes and averaged over the pixels
+that count: pixels labelled 255 (padding, augmentation borders, ignored crowd regions) are in
+neither term. T^2 keeps the KL term's gradients on the scale of the label loss's as T grows.
+Several teachers are averaged in probability space (weighted, over TTA views too), as inference
+averages an ensemble. Each teacher sees exactly the augmented batch the student sees, through
+its own checkpoint's normalisation.
+
+Teachers are plain attributes, not registered submodules: they are neither in the student's
+checkpoint (only their paths are, in the run config) nor moved, put in train mode or wrapped
+by DDP with the student; every process runs its own copy, in eval mode, without gradients.
+
+`unlabelled` sources (e.g. the test images) add, every step, a batch on which only the KL term
+counts; their order and augmentations are a function of (seed, position), and the position
+travels in the checkpoint, so a resumed run draws what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from trashseg.checkpoint_file import CheckpointFileError, read_checkpoint, run_config
+from trashseg.data.classes import IGNORE_INDEX
+from trashseg.data.datamodule import SeededConcatDataset, pad_collate
+from trashseg.data.dataset import CocoSegmentationDataset
+from trashseg.data.normalize import Normalize
+from trashseg.models import build_model
+from trashseg.tta import TTA_MODES, tta_views
+
+from .overrides import unknown_key_message
+
+KEYS = ("teacher", "temperature", "alpha", "tta", "weights", "unlabelled", "unlabelled_batch_size")
+SOURCE_KEYS = ("ann", "root", "images_relative_to")
+EXAMPLE = "'distill.teacher=[runs/<experiment>/<run>/checkpoints/best.ckpt]'"
+
+
+def check_distill_config(cfg: Mapping) -> dict:
+    """The `distill` block with its defaults filled in; a ValueError of one line for a bad key or value."""
+    for key in cfg:
+        if key not in KEYS:
+            raise ValueError(unknown_key_message(key, KEYS, "distill."))
+    teachers = cfg.get("teacher") or []
+    teachers = [teachers] if isinstance(teachers, str) else list(teachers)
+    if not teachers or not all(isinstance(t, str) for t in teachers):
+        raise ValueError(f"distill.teacher={cfg.get('teacher')!r}: give one or more checkpoint paths, e.g. {EXAMPLE}")
+    temperature, alpha = cfg.get("temperature", 2.0), cfg.get("alpha", 0.5)
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"distill.temperature={temperature!r}: a number above 0, e.g. 2 (higher: softer teacher targets)")
+    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"distill.alpha={alpha!r}: a weight in [0, 1] of the KL term (1 - alpha weighs the label loss)")
+    tta = cfg.get("tta") or "none"
+    if tta not in TTA_MODES:
+        raise ValueError(f"distill.tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
+    weights = cfg.get("weights")
+    if weights is not None and (len(weights) != len(teachers) or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"distill.weights={list(weights)!r}: one non-negative weight per teacher ({len(teachers)}), "
+                         "not all zero; or null for equal weights")
+    sources = list(cfg.get("unlabelled") or [])
+    for i, source in enumerate(sources):
+        if not isinstance(source, Mapping) or "ann" not in source or set(source) - set(SOURCE_KEYS):
+            raise ValueError(f"distill.unlabelled[{i}] = {source!r}: each source takes 'ann' and optionally root, "
+                             "images_relative_to, e.g. [{ann: test.json}]")
+    batch = cfg.get("unlabelled_batch_size")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"distill.unlabelled_batch_size={batch!r}: a positive number of images, or null for data.batch_size")
+    return {"teacher": teachers, "temperature": float(temperature), "alpha": float(alpha), "tta": tta,
+            "weights": [float(w) for w in weights] if weights is not None else [1.0] * len(teachers),
+            "unlabelled": [dict(s) for s in sources], "unlabelled_batch_size": batch}
+
+
+@dataclass
+class Teacher:
+    path: Path
+    model: nn.Module
+    normalize: Normalize  # the teacher's own checkpoint's mean / std
+
+
+def load_teacher(path: str | Path, classes: Sequence[str]) -> Teacher:
+    """The checkpoint's network, rebuilt from its own run config, frozen and in eval mode."""
+    path = Path(path)
+    try:
+        ckpt = read_checkpoint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"distill.teacher: checkpoint not found: {path}; give checkpoints train.py wrote, "
+                                f"e.g. {EXAMPLE}") from None
+    cfg = run_config(ckpt, path)
+    if list(cfg["data"]["classes"]) != list(classes):
+        raise ValueError(f"distill.teacher {path} was trained on classes {list(cfg['data']['classes'])} but this run's "
+                         f"data.classes is {list(classes)}; distil only from teachers trained on the same class list")
+    model = build_model({**cfg["model"], "pretrained": None}, len(classes))  # the weights come from the checkpoint
+    try:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    except RuntimeError as err:
+        raise CheckpointFileError(f"distill.teacher {path}: its weights do not fit the model its config describes "
+                                  f"({str(err).splitlines()[0]}); use a checkpoint train.py wrote") from None
+    model.requires_grad_(False)
+    return Teacher(path, model.eval(), Normalize(cfg["data"]["mean"], cfg["data"]["std"]))
+
+
+def pixel_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """N x H x W: KL(teacher || softmax(student_logits / T)), summed over classes (0 log 0 = 0)."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return (torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_student).sum(1)
+
+
+def kd_loss(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], temperature: float) -> torch.Tensor:
+    """T^2 x the mean KL over the valid pixels of all `(student_logits, teacher_probs, valid)` parts
+    (one pixel, one vote, whichever batch it is in); zero, still attached to the graph, when none is valid."""
+    total = count = 0
+    for student_logits, teacher_probs, valid in parts:
+        kl = pixel_kl(student_logits, teacher_probs, temperature)
+        total = total + kl.where(valid, 0.0).sum()  # not kl[valid]: with no valid pixel the graph stays whole
+        count = count + int(valid.sum())
+    return temperature**2 * total / max(count, 1)
+
+
+class Distiller:
+    """The teachers' softened probabilities for a batch and the combined loss. Not an nn.Module on
+    purpose: see the module docstring."""
+
+    def __init__(self, cfg: Mapping, classes: Sequence[str]):
+        cfg = check_distill_config(cfg)
+        self.temperature, self.alpha = cfg["temperature"], cfg["alpha"]
+        self.teachers = [load_teacher(path, classes) for path in cfg["teacher"]]
+        total = sum(cfg["weights"])
+        self.weights = [w / total for w in cfg["weights"]]
+        self.views = tta_views(cfg["tta"], "distill.tta")
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> Distiller:
+        if device != self.device:
+            for teacher in self.teachers:
+                teacher.model.to(device)
+                teacher.normalize.to(device)
+                if device.type == "cuda":
+                    teacher.model.to(memory_format=torch.channels_last)
+            self.device = device
+        return self
+
+    @torch.no_grad()
+    def soft_targets(self, images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """uint8 N x 3 x H x W -> N x C x size teacher probabilities at temperature T, the weighted
+        mean over teachers and TTA views; logits of another size are resized bilinearly first."""
+        self.to(images.device)
+        out = None
+        for teacher, weight in zip(self.teachers, self.weights):
+            x = teacher.normalize(images)
+            if x.is_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for forward, inverse in self.views:
+                logits = inverse(teacher.model(forward(x))).float()
+                if logits.shape[-2:] != tuple(size):
+                    logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+                p = (logits / self.temperature).softmax(1) * (weight / len(self.views))
+                out = p if out is None else out + p
+        return out
+
+    def kd(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """`parts`: (uint8 images, student logits, valid-pixel mask) per batch -> the KL term (x T^2)."""
+        return kd_loss([(logits, self.soft_targets(images, logits.shape[-2:]), valid)
+                        for images, logits, valid in parts], self.temperature)
+
+    def combine(self, label_loss: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
+        return (1 - self.alpha) * label_loss + self.alpha * kd
+
+
+class StreamKeys(Sampler):
+    """An endless stream of (index, augmentation seed) keys for one process, from item `start` on.
+    Pass p over the data is a permutation drawn from (seed, p), padded to a multiple of `world`
+    and dealt out like a DistributedSampler; an item's seed is a function of (seed, p, index)."""
+
+    SALT = 0x4B44  # "KD": other draws than the main train sampler's from the same seed
+
+    def __init__(self, size: int, seed: int, start: int = 0, world: int = 1, rank: int = 0):
+        self.size, self.seed, self.start, self.world, self.rank = size, seed, start, world, rank
+        self.per_rank = math.ceil(size / world)
+
+    def keys_of_pass(self, p: int) -> list[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.SALT, p]).permutation(self.size)
+        order = np.resize(order, self.per_rank * self.world)[self.rank :: self.world]  # resize repeats from the start
+        return [(int(i), int(np.random.SeedSequence([self.seed, self.SALT, p, int(i)]).generate_state(1)[0] >> 1))
+                for i in order]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        p, offset = divmod(self.start, self.per_rank)
+        while True:
+            yield from self.keys_of_pass(p)[offset:]
+            p, offset = p + 1, 0
+
+
+def _worker_init(_worker_id: int) -> None:
+    cv2.setNumThreads(0)  # one process per worker: OpenCV's own threads would only oversubscribe the cores
+
+
+class UnlabelledStream:
+    """Batches of unlabelled images, augmented like the training images: `next()` gives uint8
+    images and the mask of the pixels that count (not padding, not an augmentation border).
+
+    Each source is read in train mode: an image without annotations rasterises to all zeros,
+    and the transforms and the padding collate mark borders and padding 255 exactly as in the
+    labelled batches. Only that 255 is used, never the labels, so a labelled file read here is
+    unlabelled too."""
+
+    def __init__(self, sources: Sequence[Mapping], data: Mapping, transforms: Sequence[Mapping], batch_size: int):
+        parts = [CocoSegmentationDataset(
+            s.get("root") or data["root"], s["ann"], classes=data["classes"], transforms=transforms, mode="train",
+            crowd="label", cache_dir=False, images_relative_to=s.get("images_relative_to") or data["images_relative_to"],
+        ) for s in sources]
+        self.dataset = SeededConcatDataset(parts)
+        if not len(self.dataset):
+            raise ValueError("distill.unlabelled holds no images; point it at an annotation file with images")
+        self.seed, self.batch_size, self.num_workers = int(data.get("seed", 0)), batch_size, int(data["num_workers"])
+        self.position = 0  # images of the stream this process has trained on
+        self._batches: Iterator[dict] | None = None
+
+    def next(self, world: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batches is None:  # lazily: from the position a resumed run restored
+            keys = StreamKeys(len(self.dataset), self.seed, self.position, world, rank)
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.num_workers,
+                                collate_fn=pad_collate, worker_init_fn=_worker_init,
+                                generator=torch.Generator().manual_seed(self.seed))  # not the global RNG: resume draws alike
+            self._batches = iter(loader)
+        batch = next(self._batches)
+        self.position += len(batch["image"])
+        return batch["image"], batch["mask"] != IGNORE_INDEX
+
+    def close(self) -> None:
+        """Stops the loader's workers; the next `next()` starts again from `position`."""
+        self._batches = None
