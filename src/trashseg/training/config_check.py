@@ -13,6 +13,7 @@ import lightning as L
 
 from trashseg.data.datamodule import AUGMENT_KEYS, TrashDataModule
 from trashseg.models.registry import MODELS
+from trashseg.training.averaging import BUILDERS as AVERAGING
 from trashseg.training.overrides import unknown_key_message
 
 TOP_LEVEL = {"data", "augment", "model", "optimizer", "scheduler", "loss", "trainer", "logger", "experiment_name",
@@ -54,3 +55,8 @@ def check_config(cfg: Mapping) -> None:
     _check(cfg["trainer"], _arguments(L.Trainer.__init__) - {"logger", "callbacks", "plugins", "default_root_dir"}, "trainer.")
     _check(cfg["logger"], LOGGER, "logger.")
     _check(cfg["logger"]["wandb"], WANDB, "logger.wandb.")
+    averaging = cfg.get("averaging")
+    if averaging:
+        if averaging.get("name") not in AVERAGING:
+            raise ConfigError(f"unknown averaging '{averaging.get('name')}'; known: {', '.join(sorted(AVERAGING))}")
+        _check(averaging, _arguments(AVERAGING[averaging["name"]]) | {"name"}, "averaging.")

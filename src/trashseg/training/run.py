@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from trashseg.checkpoint_file import read_checkpoint, run_config
 from trashseg.data.coco import read_coco
 
+from .averaging import build_averaging
 from .checkpoint_io import AtomicCheckpointIO
 from .config_check import check_config
 from .history import MetricsHistory
@@ -111,6 +112,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     check_config(cfg)
     plain = plain_config(cfg)
     check_schedule(plain)
+    averaging = build_averaging(plain.get("averaging"), plain["trainer"].get("max_epochs"))
     ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name)
     resume = None
     if ckpt is not None:
@@ -140,6 +142,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume),
                  ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
     callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
+    callbacks += [averaging] if averaging else []  # validation and checkpoints see the averaged weights
     with process_flags_restored():
         trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
                             callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
