@@ -5,10 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from trashseg.checkpoint_file import CheckpointFileError, read_checkpoint, run_config
+from trashseg.data.normalize import Normalize
 from trashseg.models import build_model
+
+
+class TorchNet(nn.Module):
+    """A checkpoint's network behind its normalisation: pixels (uint8, or float in 0..255 after
+    a rescale) N x 3 x H x W -> float32 logits N x C x H x W, on one device."""
+
+    def __init__(self, model: nn.Module, cfg: dict, device: torch.device):
+        super().__init__()
+        self.normalize = Normalize(cfg["data"]["mean"], cfg["data"]["std"])
+        self.model = model.eval()
+        self.to(device)
+        self.autocast = device.type == "cuda"
+        if self.autocast:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(pixels.device.type, enabled=self.autocast):
+            return self.model(self.normalize(pixels)).float()
 
 
 @dataclass
@@ -20,6 +40,14 @@ class LoadedCheckpoint:
     @property
     def classes(self) -> list[str]:
         return list(self.cfg["data"]["classes"])
+
+    @property
+    def run_name(self) -> str:
+        """The run folder's name (runs/<experiment>/<run>/checkpoints/best.ckpt -> <run>)."""
+        return self.path.resolve().parent.parent.name
+
+    def net(self, device: str | torch.device = "cpu") -> TorchNet:
+        return TorchNet(self.model, self.cfg, torch.device(device))
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -38,11 +66,12 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(path, model.eval(), cfg)
 
 
-def same_classes(checkpoints: list[LoadedCheckpoint]) -> list[str]:
-    """The shared class list; refuses checkpoints trained on different lists, naming both."""
-    first = checkpoints[0]
-    for other in checkpoints[1:]:
+def same_classes(sources: list) -> list[str]:
+    """The shared class list of checkpoints and exported models; refuses models trained on
+    different lists, naming both."""
+    first = sources[0]
+    for other in sources[1:]:
         if other.classes != first.classes:
             raise ValueError(f"{other.path} was trained on classes {other.classes} but {first.path} on "
-                             f"{first.classes}; ensemble only checkpoints with the same class list")
+                             f"{first.classes}; ensemble only models with the same class list")
     return first.classes

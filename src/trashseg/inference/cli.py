@@ -23,7 +23,8 @@ from .probs_store import ProbsWriter
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Leaderboard CSVs (--split test) or validation mIoU (--split val) from checkpoints.")
+    p = argparse.ArgumentParser(description="Leaderboard CSVs (--split test) or validation mIoU (--split val) from "
+                                "checkpoints and exported models.")
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--split", default="test", choices=["test", "val"])
@@ -108,12 +109,12 @@ def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_w
 
 
 def run(args: argparse.Namespace) -> str:
-    checkpoints, classes, predictor = load_predictor(args)
-    loader = build_loader(checkpoints[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
+    models, classes, predictor = load_predictor(args)
+    loader = build_loader(models[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
                           args.num_workers, args.device)
-    name = checkpoints[0].path.resolve().parent.parent.name
+    name = models[0].run_name
     out = args.out or Path("submissions") / (f"{name}.csv" if args.split == "test" else f"{name}_val.json")
-    sources = [str(c.path) for c in checkpoints]
+    sources = [str(m.path) for m in models]
     # a failed run removes its half-written probabilities folder at once
     with ProbsWriter(args.save_probs, classes, sources) if args.save_probs else contextlib.nullcontext() as probs_writer:
         if args.split == "test":

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from trashseg.data.datamodule import pad_collate
@@ -18,15 +18,23 @@ from .postprocess import postprocess
 from .predictor import Predictor
 
 
-def build_loader(cfg: dict, split: str, classes: list[str], data_root: Path | None = None, ann: str | Path | None = None,
-                 batch_size: int = 4, num_workers: int = 2, device: str = "cpu") -> DataLoader:
+def build_dataset(cfg: dict, split: str, classes: list[str], data_root: Path | None = None,
+                  ann: str | Path | None = None) -> CocoSegmentationDataset:
     """`split` is "test" (no masks) or "val"; root and annotation file default to the run config's."""
     data = cfg["data"]
     root = data_root or Path(data["root"])
     ann = ann or data["test_ann" if split == "test" else "val_ann"]
-    dataset = CocoSegmentationDataset(root, ann, classes=classes, overlap=data["overlap"], crowd=data["crowd"],
-                                      mode=split, cache_dir=data["cache_dir"],
-                                      images_relative_to=data.get("images_relative_to", "root"))
+    return CocoSegmentationDataset(root, ann, classes=classes, overlap=data["overlap"], crowd=data["crowd"],
+                                   mode=split, cache_dir=data["cache_dir"],
+                                   images_relative_to=data.get("images_relative_to", "root"))
+
+
+def build_loader(cfg: dict, split: str, classes: list[str], data_root: Path | None = None, ann: str | Path | None = None,
+                 batch_size: int = 4, num_workers: int = 2, device: str = "cpu", limit: int | None = None) -> DataLoader:
+    """A split's loader (see `build_dataset`); `limit` keeps the file's first images."""
+    dataset = build_dataset(cfg, split, classes, data_root, ann)
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=pad_collate,
                       pin_memory=device == "cuda")
 

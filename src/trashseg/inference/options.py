@@ -1,6 +1,7 @@
 """The model and data flags shared by inference.py, the OOF scorer and the pseudo-labeller,
-and the checkpoints they name: repeated `--checkpoint`, and `--checkpoints-from SWEEP_DIR`
-(every run of a Hydra sweep, e.g. one per fold, by its best.ckpt)."""
+and the models they name: repeated `--checkpoint`, `--checkpoints-from SWEEP_DIR` (every run of
+a Hydra sweep, e.g. one per fold, by its best.ckpt) and `--model FILE` (an exported ONNX or
+TorchScript file), in that order for `--weights`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import yaml
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
+from .exported import LoadedExport, load_exported
 from .postprocess import POST_MODES, check_post
 from .predictor import Predictor
 from .tta import TTA_MODES
@@ -21,7 +23,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", type=Path, default=[], help="repeat for an ensemble")
     parser.add_argument("--checkpoints-from", action="append", type=Path, default=[], metavar="SWEEP_DIR",
                         help="every run's best.ckpt of a sweep folder (e.g. all folds); repeatable, equal weights")
-    parser.add_argument("--weights", nargs="+", type=float, help="one per checkpoint (default equal)")
+    parser.add_argument("--model", action="append", type=Path, default=[], metavar="FILE",
+                        help="an exported model (python -m trashseg.tools.export): .onnx runs through onnxruntime, "
+                             "TorchScript through torch; repeatable, mixes with checkpoints")
+    parser.add_argument("--weights", nargs="+", type=float,
+                        help="one per model: checkpoints, then --checkpoints-from runs, then --model files (default equal)")
     add_predictor_args(parser)
 
 
@@ -80,14 +86,16 @@ def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
     paths = list(args.checkpoint)
     for sweep in args.checkpoints_from:
         paths += [run / "checkpoints" / "best.ckpt" for run in sweep_runs(sweep)]
-    if not paths:
-        raise ValueError("no model given: pass --checkpoint CKPT (repeatable) and/or --checkpoints-from SWEEP_DIR")
+    if not paths and not getattr(args, "model", None):
+        raise ValueError("no model given: pass --checkpoint CKPT (repeatable), --checkpoints-from SWEEP_DIR and/or "
+                         "--model FILE.onnx")
     return paths
 
 
-def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint], list[str], Predictor]:
-    """Checkpoints (one class list), their classes and the weighted TTA/multi-scale predictor."""
+def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint | LoadedExport], list[str], Predictor]:
+    """The models (checkpoints, then exported files; one class list), their classes and the
+    weighted TTA/multi-scale predictor."""
     check_post(args.post)  # a missing optional package stops before any checkpoint is read
-    checkpoints = [load_checkpoint(p) for p in checkpoint_paths(args)]
-    classes = same_classes(checkpoints)
-    return checkpoints, classes, Predictor(checkpoints, args.weights, args.tta, args.scales, args.device)
+    sources = [load_checkpoint(p) for p in checkpoint_paths(args)] + [load_exported(p) for p in args.model]
+    classes = same_classes(sources)
+    return sources, classes, Predictor(sources, args.weights, args.tta, args.scales, args.device)
