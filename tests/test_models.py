@@ -35,10 +35,23 @@ def first_conv(module: nn.Module) -> nn.Conv2d:
     return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def one_block_per_stage(cfg: dict) -> dict:
+    """Deep timm encoders (Swin, ConvNeXt) are tested with one block per stage: the wiring the contract
+    checks (stages, widths, windows, any H x W) is the same, and the test several times faster."""
+    if cfg.get("encoder_name", "").startswith(("tu-swin", "tu-convnext")):
+        return {**cfg, "encoder_params": {**(cfg.get("encoder_params") or {}), "depths": [1, 1, 1, 1]}}
+    return cfg
+
+
+# Over ~10 s each on two busy cores (builds twice, two backward passes): marked slow, still run by CI.
+HEAVY = {"deconvnet_vgg16bn", "upernet_swin_b", "upernet_swin_l", "segformer_mitb4", "segformer_mitb5"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in CONFIGS],
+                         ids=[p.stem for p in CONFIGS])
 def test_model_contract(path):
     torch.manual_seed(0)
-    cfg = config(path.stem)
+    cfg = one_block_per_stage(config(path.stem))
     model = build_model(cfg, NUM_CLASSES)
 
     # encoder, decoder and head own every parameter exactly once
@@ -61,6 +74,41 @@ def test_model_contract(path):
     twin.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(model(x), twin(x))
+
+
+@pytest.mark.parametrize("name", ["upernet_swin_t", "upernet_swin_b"])
+def test_swin_takes_the_competition_size_and_odd_sizes(name):
+    """timm's Swin checks the input against img_size unless dynamic_img_size is on; the YAMLs plan
+    the windows for 512 px crops (shifted windows in every stage) and take any other size."""
+    cfg = config(name)
+    model = build_model({**cfg, "encoder_params": {**cfg["encoder_params"], "depths": [1, 1, 1, 2]}}, NUM_CLASSES).eval()
+    shifted = model.encoder.model.layers_3.blocks[1]  # odd blocks shift their windows by half a window
+    assert shifted.shift_size == (shifted.window_size[0] // 2,) * 2  # 16 x 16 tokens at 512 > the window: shifted
+    with torch.no_grad():
+        for size in [(512, 512), (37, 250)]:
+            assert model(torch.randn(1, 3, *size)).shape == (1, NUM_CLASSES, *size)
+    strict = {**config("upernet_swin_t"), "encoder_params": {"depths": [1, 1, 1, 1]}}  # timm's default: 224 only
+    with pytest.raises(AssertionError, match="doesn't match model"):
+        build_model(strict, NUM_CLASSES)(torch.randn(1, 3, 70, 90))
+
+
+def test_encoder_params_reach_timm_and_bad_ones_are_one_line():
+    model = build_model(config("upernet_convnext_t", encoder_params={"depths": [1, 1, 2, 1], "drop_path_rate": 0.2}),
+                        NUM_CLASSES)
+    stages = model.encoder.model
+    assert [len(stage.blocks) for stage in (stages.stages_0, stages.stages_1, stages.stages_2, stages.stages_3)] == [1, 1, 2, 1]
+    # stochastic depth rises linearly over the 5 blocks to 0.2: the 4th block (stage 3's second) gets 0.15
+    assert stages.stages_2.blocks[1].drop_path.drop_prob == pytest.approx(0.2 * 3 / 4)
+    for params, message in [
+        ({"drop_path_rat": 0.1}, r"model.encoder_params: timm's convnext_tiny does not take them \(.*'drop_path_rat'\)"),
+        ({"decoder_channels": 64}, r"model.encoder_params.decoder_channels is an argument of smp, not of the timm model; "
+                                   r"set model.decoder.decoder_channels"),
+    ]:
+        with pytest.raises(ValueError, match=message) as err:
+            build_model(config("upernet_convnext_t", encoder_params=params), NUM_CLASSES)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"'resnet18' is smp's own encoder"):
+        build_model(config("unet_tiny", encoder_params={"drop_path_rate": 0.1}), NUM_CLASSES)
 
 
 def test_every_registered_family_has_a_config():

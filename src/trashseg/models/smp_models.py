@@ -1,6 +1,8 @@
 """Any segmentation-models-pytorch architecture x encoder from config (Unet, UnetPlusPlus, FPN,
 PSPNet, PAN, DeepLabV3, DeepLabV3Plus, UPerNet, Segformer, Linknet, MAnet), with smp's
-`segmentation_head` as the head. `decoder` holds the architecture's own keyword arguments."""
+`segmentation_head` as the head. `decoder` holds the architecture's own keyword arguments;
+`encoder_params` the timm model's, for `tu-` encoders (e.g. Swin's `img_size` and
+`dynamic_img_size: true`, which lets a Swin take any padded H x W; `drop_path_rate`)."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class SmpModel(SegmentationModel):
 @register("smp")
 def smp_model(
     num_classes: int, arch: str = "Unet", encoder_name: str = "resnet34", encoder_depth: int | None = None,
-    decoder: dict | None = None, pretrained=None,
+    decoder: dict | None = None, encoder_params: dict | None = None, pretrained=None,
 ) -> SmpModel:
     if arch not in ARCHS:
         raise ValueError(f"smp arch {arch!r} is not supported; choose one of {', '.join(ARCHS)}")
@@ -61,9 +63,24 @@ def smp_model(
             raise ValueError(f"smp {arch} has no option model.decoder.{key}; valid: {', '.join(valid)}")
     if encoder_depth is not None:
         kwargs["encoder_depth"] = encoder_depth
+    if encoder_params and not encoder_name.startswith("tu-"):
+        raise ValueError(f"model.encoder_params go to a timm model, and {encoder_name!r} is smp's own encoder; remove "
+                         "them or use a tu-<timm model> encoder")
+    timm_kwargs = dict(encoder_params or {})
+    for key in timm_kwargs:  # smp would take these itself, not pass them on to timm
+        if key in valid or key in OWN_ARGUMENTS:
+            hint = f"; set model.decoder.{key}" if key in valid else ""
+            raise ValueError(f"model.encoder_params.{key} is an argument of smp, not of the timm model{hint}")
 
     def build(weights: str | None) -> smp.base.SegmentationModel:
-        return smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights, classes=num_classes, **kwargs)
+        try:
+            return smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights, classes=num_classes,
+                                    **kwargs, **timm_kwargs)
+        except TypeError as err:  # timm's model class refuses a keyword of encoder_params
+            if not timm_kwargs or "unexpected keyword" not in str(err):
+                raise
+            raise ValueError(f"model.encoder_params: timm's {encoder_name[3:]} does not take them ({err}); valid ones "
+                             "are its model class's arguments") from None
 
     if pretrained == "imagenet":
         net = download(f"smp {encoder_name} ImageNet weights", lambda: build("imagenet"))
