@@ -23,7 +23,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
         raise ValueError(f"unknown optimizer {name!r}; use a torch.optim class name such as SGD, Adam, AdamW")
     groups = build_param_groups(
         model, cfg.pop("lr"), cfg.pop("weight_decay", 0.0), cfg.pop("groups", None) or [],
-        cfg.pop("no_decay_norm_bias", False), cfg.pop("strict", False),
+        cfg.pop("no_decay_norm_bias", False), cfg.pop("strict", False), cfg.pop("layer_decay", None),
     )
     extra = cfg.pop("params", None) or {}
     if cfg:
