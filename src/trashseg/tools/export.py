@@ -77,8 +77,9 @@ def resized(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
 
 
 def sample_images(ckpt: LoadedCheckpoint, root: Path | None, ann: str | None, count: int, spread: bool) -> list[torch.Tensor]:
-    """uint8 1 x 3 x H x W images of an annotation file: its first `count`, or `count` spread over it."""
-    dataset = build_dataset(ckpt.cfg, "test", ckpt.classes, root, ann)
+    """uint8 1 x 3 x H x W images of an annotation file (default: the run's val file): its first
+    `count`, or `count` spread over it."""
+    dataset = build_dataset(ckpt.cfg, "test", ckpt.classes, root, ann or ckpt.cfg["data"]["val_ann"])
     count = min(count, len(dataset))
     picks = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)) if spread else range(count)
     return [dataset[int(i)]["image"][None] for i in picks]
