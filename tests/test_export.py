@@ -24,7 +24,7 @@ pytest.importorskip("onnxruntime")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ODD_SIZES = [(2, 45, 70), (1, 64, 33)]  # neither side a multiple of the model's stride (32)
-INT8_AGREEMENT_FLOOR = 0.97  # measured 0.995 on this model; int8 rounding flips near-tie pixels only
+INT8_AGREEMENT_FLOOR = 0.97  # int8 rounding flips near-tie pixels only: 99.5-99.95% on the trained models of bench_export.py
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,7 @@ def test_fixed_size_export_fixes_the_input_shape_and_serves_other_sizes(trained,
     assert "exported for 64x64 images" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~14 s on 2 busy cores: calibration, quantisation and val mIoU twice
 def test_int8_agrees_with_fp32_above_the_floor(trained, synthetic_root, tmp_path, capsys):
     ckpt, logged = trained
     out = tmp_path / "int8.onnx"
