@@ -6,7 +6,8 @@ Exporter choice (torch 2.14): the TorchScript-based ONNX exporter (`dynamo=False
 DeconvNet (MaxUnpool's `output_size` cannot be traced as a graph value). The dynamo exporter
 (`torch.export`, needs onnxscript) takes 20-60 s per model and fails on SegFormer (smp's MiT
 encoder: "Cannot create Dim with inconsistent min=0, max=-oo"), but exports DeconvNet; so it
-is the fallback. Both give logits within 1e-4 of PyTorch at odd sizes (tests/test_export.py).
+is the fallback. Both gave logits within 1e-4 of PyTorch at 45x70 and 64x33 on the families
+tried (tests/test_export.py covers the first).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ExportGraph(nn.Module):
     The padding is computed here as `(-size) % stride` on the input's shape, which the exporters
     record as graph ops; the models' own `pad_to_multiple` (models/base.py) computes it with
     Python arithmetic and skips it with an `if`, which a tracer freezes at the example's size
-    (an export traced at 64x96 gave logits off by 2.0 at 45x70). After this padding the model's
+    (without this padding, an export at 64x96 gave logits off by 2.0 at 45x70). After it the model's
     own pad is a no-op for every input size, so the frozen branch is the right one.
     """
 
