@@ -2,8 +2,10 @@
 writers of its ONNX and TorchScript files with their metadata.
 
 Exporter choice (torch 2.14): the TorchScript-based ONNX exporter (`dynamo=False`) first: about
-1-3 s per model, and it exports every family of the zoo with dynamic batch and H x W except
-DeconvNet (MaxUnpool's `output_size` cannot be traced as a graph value). The dynamo exporter
+1-9 s per model, and it exported with dynamic batch and H x W every model tried (unet_tiny,
+unet_resnet34, segformer_mitb0, lraspp_mobilenet, deeplabv3_mobilenet, fcn8s_vgg16,
+deeplabv1_vgg16, alexnet_fcn) except DeconvNet (MaxUnpool's `output_size` cannot be traced as a
+graph value). The dynamo exporter
 (`torch.export`, needs onnxscript) takes 20-60 s per model and fails on SegFormer (smp's MiT
 encoder: "Cannot create Dim with inconsistent min=0, max=-oo"), but exports DeconvNet; so it
 is the fallback. Both gave logits within 1e-4 of PyTorch at 45x70 and 64x33 on the families
