@@ -2,7 +2,7 @@
 rebuilt from checkpoints and kept out of the student's, one-line errors, a student moving toward
 its teacher, exact resume and DDP."""
 
-import math
+import copy
 import os
 import subprocess
 import sys
@@ -292,3 +292,13 @@ def test_distillation_under_ddp_runs_a_teacher_per_process(synthetic_root, tmp_p
     assert ckpt[UNLABELLED_POSITION] == 3 * 2  # 24 images / (2 processes x 4) = 3 steps, 2 unlabelled images each
     assert all(k.startswith(("model.", "criterion.")) for k in ckpt["state_dict"])
     assert pd.read_csv(run_dir / "metrics.csv")["train/kd"].notna().any()
+
+
+def test_a_copy_of_the_student_shares_its_teachers(synthetic_root, tmp_path, random_teacher):
+    """Weight averaging deep-copies the whole module: the copy gets the student's weights, not a
+    second set of teachers or a second unlabelled stream."""
+    cfg = plain(synthetic_root, tmp_path, *kd_overrides(random_teacher, "distill.unlabelled=[{ann:test.json}]"))
+    module = SegmentationModule(cfg)
+    twin = copy.deepcopy(module)
+    assert twin.distiller is module.distiller and twin.unlabelled is module.unlabelled
+    assert twin.model is not module.model and torch.equal(twin.model.head[0].weight, module.model.head[0].weight)

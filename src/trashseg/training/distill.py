@@ -140,6 +140,11 @@ class Distiller:
         self.views = tta_views(cfg["tta"], "distill.tta")
         self.device = torch.device("cpu")
 
+    def __deepcopy__(self, memo: dict) -> Distiller:
+        # Frozen teachers are shared, not copied: a copy of the student (the EMA / SWA average is a
+        # deepcopy of the whole LightningModule) needs no second set of teachers on the device.
+        return self
+
     def to(self, device: torch.device) -> Distiller:
         if device != self.device:
             for teacher in self.teachers:
@@ -236,6 +241,9 @@ class UnlabelledStream:
         batch = next(self._batches)
         self.position += len(batch["image"])
         return batch["image"], batch["mask"] != IGNORE_INDEX
+
+    def __deepcopy__(self, memo: dict) -> UnlabelledStream:
+        return self  # one stream per process: a copy of the student (an average) never trains on it
 
     def close(self) -> None:
         """Stops the loader's workers; the next `next()` starts again from `position`."""
