@@ -167,14 +167,19 @@ def test_bad_teacher_path_class_list_and_keys_are_one_line_before_any_run_folder
     classes = list(cfg["data"]["classes"])
     other = save_checkpoint(SegmentationModule(cfg), tmp_path / "other.ckpt",
                             data={**cfg["data"], "classes": classes[:-1] + ["Shoes"]})
+    good = save_checkpoint(SegmentationModule(cfg), tmp_path / "good.ckpt")
     cases = [
         (FileNotFoundError, kd_overrides(tmp_path / "missing.ckpt"), "distill.teacher: checkpoint not found: .*missing.ckpt"),
         (ValueError, kd_overrides(other), r"distill.teacher .*other.ckpt was trained on classes .*'Shoes'.* but this "
                                           r"run's data.classes is .*'Clothing'.*same class list"),
-        (ValueError, kd_overrides(other, "+distill.alpah=0.1"), r"unknown config key 'distill.alpah'; did you mean distill.alpha"),
+        (ValueError, kd_overrides(good, "+distill.alpah=0.1"), r"unknown config key 'distill.alpah'; did you mean distill.alpha"),
         (ValueError, ["distill=kd"], r"distill.teacher=\[\]: give one or more checkpoint paths"),
-        (ValueError, kd_overrides(other, "distill.alpha=1.5"), r"distill.alpha=1.5: a weight in \[0, 1\]"),
-        (ValueError, kd_overrides(other, "distill.tta=rot"), r"distill.tta='rot': choose one of none, hflip"),
+        (ValueError, kd_overrides(good, "distill.alpha=1.5"), r"distill.alpha=1.5: a weight in \[0, 1\]"),
+        (ValueError, kd_overrides(good, "distill.tta=rot"), r"distill.tta='rot': choose one of none, hflip"),
+        (ValueError, kd_overrides(good, "distill.weights=[1,2]"), r"distill.weights=\[1, 2\]: one non-negative weight per "
+                                                                   r"teacher \(1\)"),
+        (FileNotFoundError, kd_overrides(good, "distill.unlabelled=[{ann:nope.json}]"),
+         r"distill.unlabelled\[0\]: annotation file not found: .*nope.json; 'ann' is relative to the source's root"),
     ]
     for error, overrides, message in cases:
         run_dir = tmp_path / "runs" / "x"

@@ -65,8 +65,9 @@ def check_distill_config(cfg: Mapping) -> dict:
     if tta not in TTA_MODES:
         raise ValueError(f"distill.tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
     weights = cfg.get("weights")
-    if weights is not None and (len(weights) != len(teachers) or min(weights) < 0 or sum(weights) <= 0):
-        raise ValueError(f"distill.weights={list(weights)!r}: one non-negative weight per teacher ({len(teachers)}), "
+    if weights is not None and (not isinstance(weights, Sequence) or len(weights) != len(teachers)
+                                or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights)):
+        raise ValueError(f"distill.weights={weights!r}: one non-negative weight per teacher ({len(teachers)}), "
                          "not all zero; or null for equal weights")
     sources = list(cfg.get("unlabelled") or [])
     for i, source in enumerate(sources):
@@ -127,11 +128,26 @@ def kd_loss(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], te
     return temperature**2 * total / max(count, 1)
 
 
+def build_distillation(cfg: Mapping, classes: Sequence[str]) -> tuple[Distiller | None, UnlabelledStream | None]:
+    """From a run config: the Distiller (None without a `distill` block) and the stream of its
+    unlabelled sources (None without any). Teachers and annotation files are read now, so a bad
+    path or class list stops before training starts."""
+    if not cfg.get("distill"):
+        return None, None
+    distill = check_distill_config(cfg["distill"])
+    stream = None
+    if distill["unlabelled"]:
+        batch_size = distill["unlabelled_batch_size"] or cfg["data"]["batch_size"]
+        stream = UnlabelledStream(distill["unlabelled"], cfg["data"], cfg["augment"]["train"], batch_size)
+    return Distiller(distill, classes), stream
+
+
 class Distiller:
     """The teachers' softened probabilities for a batch and the combined loss. Not an nn.Module on
     purpose: see the module docstring."""
 
     def __init__(self, cfg: Mapping, classes: Sequence[str]):
+        """`cfg`: a `distill` block (checked here)."""
         cfg = check_distill_config(cfg)
         self.temperature, self.alpha = cfg["temperature"], cfg["alpha"]
         self.teachers = [load_teacher(path, classes) for path in cfg["teacher"]]
@@ -220,16 +236,22 @@ class UnlabelledStream:
     unlabelled too."""
 
     def __init__(self, sources: Sequence[Mapping], data: Mapping, transforms: Sequence[Mapping], batch_size: int):
-        parts = [CocoSegmentationDataset(
-            s.get("root") or data["root"], s["ann"], classes=data["classes"], transforms=transforms, mode="train",
-            crowd="label", cache_dir=False, images_relative_to=s.get("images_relative_to") or data["images_relative_to"],
-        ) for s in sources]
-        self.dataset = SeededConcatDataset(parts)
+        self.dataset = SeededConcatDataset([self._source(i, s, data, transforms) for i, s in enumerate(sources)])
         if not len(self.dataset):
             raise ValueError("distill.unlabelled holds no images; point it at an annotation file with images")
         self.seed, self.batch_size, self.num_workers = int(data.get("seed", 0)), batch_size, int(data["num_workers"])
         self.position = 0  # images of the stream this process has trained on
         self._batches: Iterator[dict] | None = None
+
+    @staticmethod
+    def _source(i: int, source: Mapping, data: Mapping, transforms: Sequence[Mapping]) -> CocoSegmentationDataset:
+        root = source.get("root") or data["root"]
+        if not (Path(root) / source["ann"]).is_file():
+            raise FileNotFoundError(f"distill.unlabelled[{i}]: annotation file not found: {Path(root) / source['ann']}; "
+                                    "'ann' is relative to the source's root (default data.root), e.g. [{ann: test.json}]")
+        return CocoSegmentationDataset(root, source["ann"], classes=data["classes"], transforms=transforms, mode="train",
+                                       crowd="label", cache_dir=False,
+                                       images_relative_to=source.get("images_relative_to") or data["images_relative_to"])
 
     def next(self, world: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batches is None:  # lazily: from the position a resumed run restored

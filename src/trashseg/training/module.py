@@ -18,7 +18,7 @@ from trashseg.data.normalize import Normalize
 from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
 
-from .distill import Distiller, UnlabelledStream
+from .distill import build_distillation
 from .losses import WeightedLoss
 from .optim import build_optimizer, build_scheduler
 from .param_groups import groups_table
@@ -55,13 +55,8 @@ class SegmentationModule(L.LightningModule):
         self.overlays_wanted = int(wandb_cfg.get("overlays") or 0) if wandb_cfg.get("enabled") else 0
         self.overlay_batch: dict | None = None
         self._resumed_rng: dict | None = None
-        distill = cfg.get("distill")
         # Teachers load here, before any run file is written: a bad path or class list stops the start.
-        self.distiller = Distiller(distill, self.classes) if distill else None
-        self.unlabelled = None
-        if distill and distill.get("unlabelled"):
-            batch_size = distill.get("unlabelled_batch_size") or cfg["data"]["batch_size"]
-            self.unlabelled = UnlabelledStream(distill["unlabelled"], cfg["data"], cfg["augment"]["train"], batch_size)
+        self.distiller, self.unlabelled = build_distillation(cfg, self.classes)
 
     def forward(self, images: torch.Tensor):
         x = self.normalize(images)
