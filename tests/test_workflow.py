@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 from trashseg.data import CocoSegmentationDataset
 from trashseg.data.check import check_dataset
 from trashseg.data.datamodule import TrashDataModule
-from trashseg.data.kfold import _spread_rare_classes, make_folds
+from trashseg.data.kfold import _spread_rare_classes, make_folds, run_annotation
 from trashseg.inference import Predictor, load_checkpoint
 from trashseg.inference.cli import main as inference
+from trashseg.inference.loop import build_dataset
 from trashseg.inference.oof import main as oof
 from trashseg.inference.pseudo import main as pseudo
 from trashseg.metric import confusion_matrix
@@ -166,6 +167,15 @@ def test_checkpoints_from_a_sweep_equals_naming_every_checkpoint(sweep, pool, tm
     assert inference([*named, *common, "--out", str(tmp_path / "named.csv")]) == 0
     assert inference(["--checkpoints-from", str(sweep), *common, "--out", str(tmp_path / "sweep.csv")]) == 0
     assert (tmp_path / "named.csv").read_bytes() == (tmp_path / "sweep.csv").read_bytes()
+
+
+def test_a_fold_run_validates_on_its_own_fold(sweep, pool):
+    """inference.py --split val, export's check images and the pseudo-labeller's categories follow
+    the run's fold, not the data config's plain val_ann (which would hold the fold's train images)."""
+    ckpt = load_checkpoint(sweep / "1" / "checkpoints" / "best.ckpt")
+    dataset = build_dataset(ckpt.cfg, "val", ckpt.classes, pool)
+    assert [int(dataset[i]["id"]) for i in range(len(dataset))] == [im["id"] for im in read(pool / "folds" / "fold1_val.json")["images"]]
+    assert run_annotation(ckpt.cfg["data"], "train", pool) == Path("folds") / "fold1_train.json"
 
 
 # ---------------------------------------------------------------- pseudo-labels

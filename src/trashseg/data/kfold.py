@@ -49,6 +49,15 @@ def fold_annotations(root: str | Path, folds_dir: str | Path, fold: int) -> tupl
     return paths
 
 
+def run_annotation(data: dict, side: str, root: str | Path | None = None) -> str | Path:
+    """The annotation file a run trained (`side="train"`) or validated (`"val"`) on: its fold's
+    file for a fold run (`data.fold`), else `data.train_ann` / `data.val_ann`."""
+    if data.get("fold") is None:
+        return data[f"{side}_ann"]
+    train, val = fold_annotations(root or data["root"], data.get("folds_dir", "folds"), data["fold"])
+    return val if side == "val" else train
+
+
 def unit_keys(file_names: list[str], group_by: str | None) -> list[str]:
     """The unit of each image: its own file name, or the REGEX match (first group if any)."""
     if not group_by:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from trashseg.data.datamodule import pad_collate
 from trashseg.data.dataset import CocoSegmentationDataset
+from trashseg.data.kfold import run_annotation
 
 from .postprocess import postprocess
 from .predictor import Predictor
@@ -20,10 +21,11 @@ from .predictor import Predictor
 
 def build_dataset(cfg: dict, split: str, classes: list[str], data_root: Path | None = None,
                   ann: str | Path | None = None) -> CocoSegmentationDataset:
-    """`split` is "test" (no masks) or "val"; root and annotation file default to the run config's."""
+    """`split` is "test" (no masks) or "val"; root and annotation file default to the run config's
+    (for a fold run, val is its fold's val file)."""
     data = cfg["data"]
     root = data_root or Path(data["root"])
-    ann = ann or data["test_ann" if split == "test" else "val_ann"]
+    ann = ann or (data["test_ann"] if split == "test" else run_annotation(data, "val", root))
     return CocoSegmentationDataset(root, ann, classes=classes, overlap=data["overlap"], crowd=data["crowd"],
                                    mode=split, cache_dir=data["cache_dir"],
                                    images_relative_to=data.get("images_relative_to", "root"))

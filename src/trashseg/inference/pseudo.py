@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from trashseg.cli import run_or_report
 from trashseg.data.coco import read_coco
-from trashseg.data.kfold import fold_annotations
+from trashseg.data.kfold import run_annotation
 
 from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, load_predictor
@@ -37,7 +37,7 @@ def training_categories(cfg: dict, classes: list[str], data_root: Path | None) -
     that file is not at hand, the competition's convention: category id = label."""
     data = cfg["data"]
     root = data_root or Path(data["root"])
-    ann = fold_annotations(root, data["folds_dir"], data["fold"])[0] if data.get("fold") is not None else data["train_ann"]
+    ann = run_annotation(data, "train", root)
     by_name = {c["name"]: c for c in read_coco(root / ann).get("categories", [])} if (root / ann).is_file() else {}
     return [by_name.get(name, {"id": label, "name": name, "supercategory": name}) for label, name in enumerate(classes) if label]
 

@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from trashseg.cli import run_or_report
+from trashseg.data.kfold import run_annotation
 from trashseg.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from trashseg.inference.exported import as_pixels, load_exported, metadata
 from trashseg.inference.loop import build_dataset, build_loader, predict_labels
@@ -79,7 +80,7 @@ def resized(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
 def sample_images(ckpt: LoadedCheckpoint, root: Path | None, ann: str | None, count: int, spread: bool) -> list[torch.Tensor]:
     """uint8 1 x 3 x H x W images of an annotation file (default: the run's val file): its first
     `count`, or `count` spread over it."""
-    dataset = build_dataset(ckpt.cfg, "test", ckpt.classes, root, ann or ckpt.cfg["data"]["val_ann"])
+    dataset = build_dataset(ckpt.cfg, "test", ckpt.classes, root, ann or run_annotation(ckpt.cfg["data"], "val", root))
     count = min(count, len(dataset))
     picks = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)) if spread else range(count)
     return [dataset[int(i)]["image"][None] for i in picks]
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> str:
                         f"{', reduced range' if args.reduce_range else ''}, {args.calibration_images} calibration images")
     meta = metadata(ckpt.cfg, ckpt.path, size, quantization)
     reference = ckpt.net("cpu")
-    about = f"{len(check)} image(s) of {args.ann or data['val_ann']}"
+    about = f"{len(check)} image(s) of {args.ann or run_annotation(data, 'val', args.data_root)}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "torchscript":
         export_torchscript(graph, check[0], meta, args.out)
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> str:
         from .quantize import quantize_int8
 
         calibration = [resized(image, size) for image in sample_images(
-            ckpt, args.data_root, args.calibration_ann or data["train_ann"], args.calibration_images, spread=True)]
+            ckpt, args.data_root, args.calibration_ann or run_annotation(data, "train", args.data_root), args.calibration_images, spread=True)]
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             used = export_onnx(graph, check[0], metadata(ckpt.cfg, ckpt.path, size, "none"), fp32, args.dynamic_size,
