@@ -196,3 +196,15 @@ def test_resume_restores_the_weight_average_exactly(synthetic_root, tmp_path, mo
     for key in ("state_dict", "current_model_state", "averaging_state"):  # the average, the weights, its counter
         assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert not torch.equal(a["state_dict"]["model.head.0.weight"], a["current_model_state"]["model.head.0.weight"])
+
+
+def test_resume_accepts_options_added_since_the_checkpoint_when_off():
+    """A run saved before `averaging` / `optimizer.layer_decay` existed resumes when they are null
+    (their default), and is refused when the resume turns one on."""
+    from trashseg.training.resume_check import check_resume_config
+
+    saved = {"optimizer": {"name": "adamw", "lr": 1e-3}, "seed": 1}
+    off = {"optimizer": {"name": "adamw", "lr": 1e-3, "layer_decay": None}, "seed": 1, "averaging": None}
+    assert check_resume_config(saved, off, "last.ckpt") == {}
+    with pytest.raises(ValueError, match=r"optimizer\.layer_decay \(None -> 0\.9\)"):
+        check_resume_config(saved, {**off, "optimizer": {**off["optimizer"], "layer_decay": 0.9}}, "last.ckpt")

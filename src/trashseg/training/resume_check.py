@@ -42,11 +42,13 @@ def _same(a, b) -> bool:
 
 
 def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
-    """{dotted key: (checkpoint's value, new value)} for every key that differs."""
+    """{dotted key: (checkpoint's value, new value)} for every key that differs. A key the
+    checkpoint's config lacks and the new one sets to null (an option added since, off by
+    default) is no change."""
     old, now = flat(saved), flat(new)
     missing = object()
     return {k: (old.get(k), now.get(k)) for k in sorted(old.keys() | now.keys())
-            if not _same(old.get(k, missing), now.get(k, missing))}
+            if not _same(old.get(k, missing), now.get(k, missing)) and not (k not in old and now[k] is None)}
 
 
 def check_resume_config(saved: Mapping, new: Mapping, ckpt_name: str) -> dict[str, tuple]:
