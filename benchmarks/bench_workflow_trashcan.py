@@ -1,14 +1,14 @@
 """The winning workflow on ../shared/data/trashcan, measured with the real commands:
 
 1. the pool = TrashCan train + val (2,500 frames), video-grouped 3 folds (`trashseg.data.kfold --group-by vid_NNNNNN`);
-2. the CPU recipe (`experiment=trashcan_curve`: unet_tiny at 180x240) on every fold, the same
-   step budget per fold, one sweep folder;
+2. the CPU recipe (`experiment=cpu_recipe`: unet_tiny, 128x128 object crops of 180x240 frames) on
+   every fold, the same number of epochs per fold, one sweep folder;
 3. the OOF score (`trashseg.inference.oof`) beside each fold's own best val mIoU;
 4. one pseudo-label round with TrashCan's val treated as unlabelled: a model trained on train
    alone labels val (`trashseg.inference.pseudo`), then a model trained on train + pseudo(val)
-   is scored on val's TRUE labels, against training on train alone, same step budget.
+   is scored on val's TRUE labels, against training on train alone, same number of steps.
 
-    python benchmarks/bench_workflow_trashcan.py [--steps 120] [--work benchmarks/results/workflow] [OVERRIDE ...]
+    python benchmarks/bench_workflow_trashcan.py [--epochs 2] [--work benchmarks/results/workflow] [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
-# One epoch (at most --steps batches of 16) per model; CE + Dice, since plain CE stays all-Background
-# this early (README, TrashCan learning curve).
-RECIPE = ["experiment=trashcan_curve", "loss=ce_dice", "trainer.enable_progress_bar=false", "trainer.max_time=null",
-          "trainer.max_epochs=1", "trainer.val_check_interval=1.0", "data.num_workers=2"]
+# The CPU recipe (experiment=cpu_recipe), each model for --epochs epochs (its poly schedule sized to them).
+RECIPE = ["experiment=cpu_recipe", "trainer.enable_progress_bar=false", "trainer.max_time=null", "data.num_workers=2"]
 
 
 def run(args: list[str]) -> float:
@@ -59,13 +57,13 @@ def best_val(run_dir: Path) -> tuple[float, int]:
     return float(best["val/mIoU"]), int(best["step"])
 
 
-def folds_and_oof(work: Path, steps: int, overrides: list[str]) -> None:
+def folds_and_oof(work: Path, budget: list[str], overrides: list[str]) -> None:
     pool = pool_json(work / "pool" / "train_all.json")
     run(["-m", "trashseg.data.kfold", "--root", str(TRASHCAN), "--ann", str(pool), "--folds", "3", "--seed", "0",
          "--group-by", r"vid_\d+", "--out", str(work / "folds"), "--force"])
     sweep = work / "fold_sweep"
     seconds = run(["train.py", "-m", *RECIPE, "data.fold=0,1,2", f"data.folds_dir={work / 'folds'}",
-                   "data.images_relative_to=root", f"trainer.limit_train_batches={steps}",
+                   "data.images_relative_to=root", *budget,
                    f"hydra.sweep.dir={sweep}", *overrides])
     print(f"3 folds trained in {seconds / 60:.1f} min")
     # the recipe trains at 180x240 (frames are 480 wide): predict at half size, like training saw them
@@ -80,16 +78,16 @@ def folds_and_oof(work: Path, steps: int, overrides: list[str]) -> None:
     print("OOF per-class IoU: " + ", ".join(f"{c} {report['cv'][f'IoU/{c}']:.3f}" for c in report["classes"]))
 
 
-def pseudo_round(work: Path, steps: int, overrides: list[str]) -> None:
+def pseudo_round(work: Path, budget: list[str], overrides: list[str]) -> None:
     """Same step budget for both arms; val's true labels score both."""
     alone = work / "train_only"
-    run(["train.py", *RECIPE, f"trainer.limit_train_batches={steps}", f"hydra.run.dir={alone}", *overrides])
+    run(["train.py", *RECIPE, *budget, f"hydra.run.dir={alone}", *overrides])
     pseudo = work / "pseudo" / "val_pseudo.json"
     run(["-m", "trashseg.inference.pseudo", "--checkpoint", str(alone / "checkpoints" / "best.ckpt"), "--split", "val",
          "--out", str(pseudo), "--min-confidence", "0.9", "--scales", "0.5", "--num-workers", "2", "--batch-size", "8"])
     with_pseudo = work / "train_plus_pseudo"
     extra = f"data.extra_train=[{{root:{TRASHCAN / 'val'},ann:{pseudo},images_relative_to:root,crowd:ignore}}]"
-    run(["train.py", *RECIPE, f"trainer.limit_train_batches={steps}", extra, f"hydra.run.dir={with_pseudo}", *overrides])
+    run(["train.py", *RECIPE, *budget, extra, f"hydra.run.dir={with_pseudo}", *overrides])
     rows = []
     for name, run_dir in (("train only", alone), ("train + pseudo(val), 1 round", with_pseudo)):
         miou, step = best_val(run_dir)
@@ -99,7 +97,9 @@ def pseudo_round(work: Path, steps: int, overrides: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120, help="at most this many training steps per model (batch 16)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per model (the poly schedule is sized to them)")
+    parser.add_argument("--steps-per-epoch", type=int, default=100,
+                        help="batches of 16 per epoch for every model: the same step budget whatever its pool's size")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "workflow")
     parser.add_argument("--skip-folds", action="store_true")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py, e.g. loss=ce_dice")
@@ -107,9 +107,10 @@ def main() -> None:
     if not TRASHCAN.is_dir():
         sys.exit(f"error: {TRASHCAN} not found; this benchmark needs the TrashCan data")
     work = args.work.resolve() / time.strftime("%Y-%m-%d_%H-%M-%S")
+    budget = [f"trainer.max_epochs={args.epochs}", f"trainer.limit_train_batches={args.steps_per_epoch}"]
     if not args.skip_folds:
-        folds_and_oof(work, args.steps, args.overrides)
-    pseudo_round(work, args.steps, args.overrides)
+        folds_and_oof(work, budget, args.overrides)
+    pseudo_round(work, budget, args.overrides)
 
 
 if __name__ == "__main__":
