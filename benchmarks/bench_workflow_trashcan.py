@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
@@ -71,7 +72,7 @@ def folds_and_oof(work: Path, budget: list[str], overrides: list[str]) -> None:
     report = json.loads((sweep / "oof" / "oof.json").read_text())
     rows = [{"fold": f["fold"], "val images": f["images"], "fold's own best val mIoU (training log, 180x240)": f["logged_val_mIoU"],
              "fold mIoU (OOF scorer, full resolution, --scales 0.5)": f["mIoU"]} for f in report["folds"]]
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+    print(tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".4f"))
     spread = report["fold_spread"]
     print(f"OOF (CV) mIoU over all {report['images']} images: {report['cv']['mIoU']:.4f}; per-fold mean "
           f"{spread['mean']:.4f} +- {spread['std']:.4f}")
@@ -92,7 +93,7 @@ def pseudo_round(work: Path, budget: list[str], overrides: list[str]) -> None:
     for name, run_dir in (("train only", alone), ("train + pseudo(val), 1 round", with_pseudo)):
         miou, step = best_val(run_dir)
         rows.append({"model": name, "steps": step + 1, "val mIoU (true labels)": miou})
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+    print(tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".4f"))
 
 
 def main() -> None:
