@@ -27,6 +27,7 @@ import yaml
 from trashseg.inference import LoadedCheckpoint, Predictor, load_checkpoint
 from trashseg.inference.exported import load_exported, metadata
 from trashseg.inference.loop import build_loader
+from trashseg.data.kfold import run_annotation
 from trashseg.tools.export import compare, resized, sample_images, val_miou
 from trashseg.tools.export_graph import ExportGraph, export_onnx
 from trashseg.tools.model_card import zoo_model
@@ -52,7 +53,7 @@ def torch_mb(model: torch.nn.Module) -> float:
 def measure(ckpt: LoadedCheckpoint, size: int, images: int, rounds: int, val_images: int | None,
             ann: str | None = None, calibration_ann: str | None = None) -> dict:
     check = [resized(i, (size, size)) for i in sample_images(ckpt, None, ann, images, spread=False)]
-    calibration = [resized(i, (size, size)) for i in sample_images(ckpt, None, calibration_ann or ckpt.cfg["data"]["train_ann"],
+    calibration = [resized(i, (size, size)) for i in sample_images(ckpt, None, calibration_ann or run_annotation(ckpt.cfg["data"], "train"),
                                                                     images, spread=True)]
     dynamic = val_images is not None  # val images of any size go through the file as they are
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,7 +100,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of the zoo models: adds val mIoU")
     parser.add_argument("--val-images", type=int, default=0, help="with --checkpoint: val images (0 = all)")
     parser.add_argument("--ann", help="with --checkpoint: val file (default its data.val_ann; a fold run: folds/foldK_val.json)")
-    parser.add_argument("--calibration-ann", help="with --checkpoint: calibration file (default its data.train_ann)")
+    parser.add_argument("--calibration-ann", help="with --checkpoint: calibration file (default the run's training file: data.train_ann, or its fold's)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--images", type=int, default=8, help="calibration images and agreement images")
     parser.add_argument("--rounds", type=int, default=5)
