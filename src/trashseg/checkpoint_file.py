@@ -52,3 +52,20 @@ def run_config(ckpt: dict, path: str | Path) -> dict:
         raise CheckpointFileError(f"{path} is not a trashseg training checkpoint (no hyper_parameters.cfg with model "
                                   "and data); use a checkpoint that train.py wrote")
     return cfg
+
+
+def load_network(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """(the checkpoint's network rebuilt from its own run config with the file's weights, in eval
+    mode; that config). One line for a missing, damaged or foreign file, or weights that do not fit."""
+    from trashseg.models import build_model  # models import nothing of ours: no cycle
+
+    ckpt = read_checkpoint(path)
+    cfg = run_config(ckpt, path)
+    model = build_model({**cfg["model"], "pretrained": None}, len(cfg["data"]["classes"]))  # weights: the file's
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointFileError(f"{path}: its weights do not fit the model its config describes "
+                                  f"({_first_line(err)}); the file was altered or written by other code") from None
+    return model.eval(), cfg

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trashseg.checkpoint_file import CheckpointFileError, read_checkpoint, run_config
+from trashseg.checkpoint_file import load_network
 from trashseg.data.normalize import Normalize
-from trashseg.models import build_model
 
 
 class TorchNet(nn.Module):
@@ -53,17 +52,8 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """One line (FileNotFoundError or ValueError) for a missing, truncated, foreign or code-holding file."""
     path = Path(path)
-    ckpt = read_checkpoint(path)  # weights_only: tensors and plain containers only
-    cfg = run_config(ckpt, path)
-    model_cfg = {**cfg["model"], "pretrained": None}  # the weights come from the checkpoint
-    model = build_model(model_cfg, len(cfg["data"]["classes"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointFileError(f"{path}: its weights do not fit the model its config describes "
-                                  f"({str(err).splitlines()[0]}); the file was altered or written by other code") from None
-    return LoadedCheckpoint(path, model.eval(), cfg)
+    model, cfg = load_network(path)  # weights_only: tensors and plain containers only
+    return LoadedCheckpoint(path, model, cfg)
 
 
 def same_classes(sources: list) -> list[str]:

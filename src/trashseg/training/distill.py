@@ -32,12 +32,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from trashseg.checkpoint_file import CheckpointFileError, read_checkpoint, run_config
+from trashseg.checkpoint_file import load_network
 from trashseg.data.classes import IGNORE_INDEX
 from trashseg.data.datamodule import SeededConcatDataset, pad_collate
 from trashseg.data.dataset import CocoSegmentationDataset
 from trashseg.data.normalize import Normalize
-from trashseg.models import build_model
 from trashseg.tta import TTA_MODES, tta_views
 
 from .overrides import unknown_key_message
@@ -92,23 +91,15 @@ class Teacher:
 def load_teacher(path: str | Path, classes: Sequence[str]) -> Teacher:
     """The checkpoint's network, rebuilt from its own run config, frozen and in eval mode."""
     path = Path(path)
-    try:
-        ckpt = read_checkpoint(path)
-    except FileNotFoundError:
+    if not path.is_file():
         raise FileNotFoundError(f"distill.teacher: checkpoint not found: {path}; give checkpoints train.py wrote, "
-                                f"e.g. {EXAMPLE}") from None
-    cfg = run_config(ckpt, path)
+                                f"e.g. {EXAMPLE}")
+    model, cfg = load_network(path)
     if list(cfg["data"]["classes"]) != list(classes):
         raise ValueError(f"distill.teacher {path} was trained on classes {list(cfg['data']['classes'])} but this run's "
                          f"data.classes is {list(classes)}; distil only from teachers trained on the same class list")
-    model = build_model({**cfg["model"], "pretrained": None}, len(classes))  # the weights come from the checkpoint
-    try:
-        model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    except RuntimeError as err:
-        raise CheckpointFileError(f"distill.teacher {path}: its weights do not fit the model its config describes "
-                                  f"({str(err).splitlines()[0]}); use a checkpoint train.py wrote") from None
     model.requires_grad_(False)
-    return Teacher(path, model.eval(), Normalize(cfg["data"]["mean"], cfg["data"]["std"]))
+    return Teacher(path, model, Normalize(cfg["data"]["mean"], cfg["data"]["std"]))
 
 
 def pixel_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
