@@ -132,3 +132,17 @@ def test_a_batch_of_only_ignored_pixels_gives_zero_loss(name):
     value = WeightedLoss([{"name": name}])(logits, torch.full((2, 8, 8), 255, dtype=torch.uint8))
     value.backward()
     assert value.shape == () and value.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_ce_class_weights_follow_the_class_order_and_count():
+    # one pixel of class 0 and two of class 1; with equal logits every pixel costs ln 2, so any weighting gives ln 2
+    logits = torch.zeros(1, 2, 1, 3)
+    target = torch.tensor([[[0, 1, 1]]])
+    weighted = WeightedLoss([{"name": "ce", "params": {"class_weights": [1.0, 3.0]}}], num_classes=2)
+    assert weighted(logits, target).item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+    logits[0, 1, 0, 1:] = 2.0  # class 1 now right with p = sigmoid(2) on its pixels, class 0 wrong on its pixel
+    p1 = torch.sigmoid(torch.tensor(2.0))
+    expected = (1.0 * -torch.log(1 - torch.tensor(0.5)) + 3.0 * 2 * -torch.log(p1)) / (1.0 + 3.0 * 2)
+    assert weighted(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="class_weights has 3 values but data.classes has 2"):
+        WeightedLoss([{"name": "ce", "params": {"class_weights": [1.0, 2.0, 3.0]}}], num_classes=2)

@@ -34,10 +34,14 @@ class ValidPixels(nn.Module):
         return self.loss(pixels.t().reshape(1, -1, pixels.shape[0], 1), target[keep].reshape(1, -1, 1))
 
 
-def build_term(name: str, params: Mapping, ignore_index: int) -> nn.Module:
+def build_term(name: str, params: Mapping, ignore_index: int, num_classes: int | None = None) -> nn.Module:
     params = dict(params)
     if name == "ce":
         weights = params.pop("class_weights", None)
+        if weights and num_classes is not None and len(weights) != num_classes:
+            # CrossEntropyLoss would only fail at the first step, deep in a traceback.
+            raise ValueError(f"loss: ce class_weights has {len(weights)} values but data.classes has {num_classes}; "
+                             "give one weight per class, in data.classes order")
         return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
                                    ignore_index=ignore_index, **params)
     if name not in SMP_LOSSES:
@@ -48,14 +52,15 @@ def build_term(name: str, params: Mapping, ignore_index: int) -> nn.Module:
 
 
 class WeightedLoss(nn.Module):
-    def __init__(self, terms: Sequence[Mapping], ignore_index: int = IGNORE_INDEX):
+    def __init__(self, terms: Sequence[Mapping], ignore_index: int = IGNORE_INDEX, num_classes: int | None = None):
         super().__init__()
         if not terms:
             raise ValueError("loss.terms is empty; give at least one term such as {name: ce}")
         self.ignore_index = ignore_index
         self.names = [t["name"] for t in terms]
         self.weights = [float(t.get("weight", 1.0)) for t in terms]
-        self.terms = nn.ModuleList(build_term(t["name"], t.get("params") or {}, ignore_index) for t in terms)
+        self.terms = nn.ModuleList(build_term(t["name"], t.get("params") or {}, ignore_index, num_classes)
+                                   for t in terms)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()

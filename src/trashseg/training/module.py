@@ -44,7 +44,7 @@ class SegmentationModule(L.LightningModule):
         self.classes = list(cfg["data"]["classes"])
         self.model = build_model(cfg["model"], len(self.classes))
         self.normalize = Normalize(cfg["data"]["mean"], cfg["data"]["std"])
-        self.criterion = WeightedLoss(cfg["loss"]["terms"])
+        self.criterion = WeightedLoss(cfg["loss"]["terms"], num_classes=len(self.classes))
         self.aux_weight = float(cfg["loss"].get("aux_weight", 0.4))
         self.val_metric = SegmentationMetric(len(self.classes), self.classes)
         # val/loss: the mean over images of each image's loss, summed across processes (a mean of per-rank
