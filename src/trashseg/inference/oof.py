@@ -29,7 +29,7 @@ from trashseg.metric import confusion_matrix, iou_per_class, summarize
 
 from .checkpoint import load_checkpoint
 from .loop import build_loader, predict_labels
-from .options import add_predictor_args, run_config, run_fold, sweep_runs
+from .options import add_predictor_args, run_fold, run_folder_config, sweep_runs
 from .postprocess import check_post
 from .predictor import Predictor
 
@@ -47,7 +47,7 @@ def fold_runs(sweep_dir: Path, data_root: Path | None = None) -> list[tuple[int,
         if fold in by_fold:
             raise ValueError(f"{by_fold[fold]} and {run} were both trained on fold {fold}; move one out of {sweep_dir}")
         by_fold[fold] = run
-    cfg = run_config(next(iter(by_fold.values())))
+    cfg = run_folder_config(next(iter(by_fold.values())))
     folder = Path(data_root or cfg["data"]["root"]) / cfg["data"]["folds_dir"]
     n_folds = len(list(folder.glob("fold*_val.json")))
     missing = sorted(set(range(n_folds)) - set(by_fold))
@@ -154,7 +154,7 @@ def write_outputs(result: OOFResult, args: argparse.Namespace, out: Path) -> dic
 def oof(args: argparse.Namespace) -> str:
     check_post(args.post)
     runs = fold_runs(args.sweep_dir, args.data_root)
-    classes = list(run_config(runs[0][1])["data"]["classes"])
+    classes = list(run_folder_config(runs[0][1])["data"]["classes"])
     n = len(classes)
     result = OOFResult(classes, torch.zeros(n, n, dtype=torch.long))
     for fold, run in runs:

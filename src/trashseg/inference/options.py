@@ -69,7 +69,7 @@ def sweep_runs(sweep_dir: Path) -> list[Path]:
     return runs
 
 
-def run_config(run: Path) -> dict:
+def run_folder_config(run: Path) -> dict:
     """A run folder's resolved config.yaml."""
     path = run / "config.yaml"
     if not path.is_file():
@@ -79,7 +79,7 @@ def run_config(run: Path) -> dict:
 
 def run_fold(run: Path) -> int | None:
     """The data.fold a run was trained on, None when it was not a fold run."""
-    return run_config(run)["data"].get("fold")
+    return run_folder_config(run)["data"].get("fold")
 
 
 def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
