@@ -1,21 +1,22 @@
 """Knowledge distillation on ../shared/data/trashcan at the CPU recipe, measured with train.py itself:
 
-1. a teacher (default unet_resnet34, random init) trained for --steps;
+1. a teacher (default unet_resnet34, random init) trained for --steps, or a finished run given
+   with --teacher-run (e.g. the recipe's own unet_tiny run; its steps are its own);
 2. a small student (default lraspp_mobilenet, random init) trained alone for --steps;
 3. the same student, same seed and steps, distilled from the teacher's best.ckpt
    (`distill=kd`, --alpha, --temperature).
 
-Every run is `experiment=trashcan_curve` (180x240, batch 16, AdamW 2e-3 constant) with CE + Dice
-(plain CE stays all-Background this early, README "Performance") and no time limit: the same
-step budget for all three, validated every --steps / 2 steps; the best val mIoU of each run and
-its per-class IoU are printed. `--data synthetic` runs the same three on the built-in synthetic
-data (`experiment=quickstart`, 128 px), for a quick check.
+Every run is `experiment=cpu_recipe` (128x128 object crops of 180x240 frames, batch 16, weighted
+CE + Dice, AdamW 2e-3 with a poly schedule sized to the budget) with no time limit: the same step
+budget for all, validated every --steps / 2 steps; the best val mIoU of each run and its per-class
+IoU are printed. `--data synthetic` runs the same three on the built-in synthetic data
+(`experiment=quickstart`, 128 px), for a quick check.
 
 Run again with the same --work to finish an interrupted benchmark: finished runs are kept and a
 killed one resumes from its last.ckpt (train.py's exact resume).
 
-    python benchmarks/bench_distill_trashcan.py [--steps 600] [--teacher unet_resnet34] [--student lraspp_mobilenet]
-        [--alpha 0.5] [--temperature 2] [--data trashcan|synthetic] [--work DIR] [OVERRIDE ...]
+    python benchmarks/bench_distill_trashcan.py [--steps 500] [--teacher unet_resnet34 | --teacher-run DIR]
+        [--student lraspp_mobilenet] [--alpha 0.5] [--temperature 2] [--data trashcan|synthetic] [--work DIR] [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 RECIPES = {
-    "trashcan": ["experiment=trashcan_curve", "loss=ce_dice", "trainer.max_time=null"],
+    "trashcan": ["experiment=cpu_recipe", "trainer.max_time=null"],
     "synthetic": ["experiment=quickstart", "logger=csv"],
 }
 
@@ -81,8 +82,10 @@ def parameters_and_classes(run_dir: Path) -> tuple[float, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per model (batch 16 on TrashCan)")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps per model (batch 16 on TrashCan)")
     parser.add_argument("--teacher", default="unet_resnet34", help="a configs/model name")
+    parser.add_argument("--teacher-run", type=Path, help="a finished train.py run folder to use as the teacher instead "
+                        "of training one (its checkpoints/best.ckpt)")
     parser.add_argument("--student", default="lraspp_mobilenet", help="a configs/model name")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)
@@ -95,16 +98,21 @@ def main() -> None:
     work = (args.work or REPO / "benchmarks" / "results" / "distill" / f"{args.data}_{time.strftime('%Y-%m-%d_%H-%M-%S')}").resolve()
     steps, schedule = budget(args.steps)
     common = [*RECIPES[args.data], *schedule, *args.overrides]
+    teacher_dir = (args.teacher_run or work / "teacher").resolve()
+    if args.teacher_run and not (teacher_dir / "checkpoints" / "best.ckpt").is_file():
+        sys.exit(f"error: --teacher-run {args.teacher_run}: no checkpoints/best.ckpt there; give a finished train.py run folder")
+    teacher_name = f"teacher ({'run ' + teacher_dir.name if args.teacher_run else args.teacher})"
     runs = {
-        f"teacher ({args.teacher})": (work / "teacher", [f"model={args.teacher}"]),
+        teacher_name: (teacher_dir, [f"model={args.teacher}"]),
         f"student alone ({args.student})": (work / "student", [f"model={args.student}"]),
         f"distilled student ({args.student}, alpha {args.alpha}, T {args.temperature})": (work / "distilled", [
-            f"model={args.student}", "distill=kd", f"distill.teacher=[{work / 'teacher' / 'checkpoints' / 'best.ckpt'}]",
+            f"model={args.student}", "distill=kd", f"distill.teacher=[{teacher_dir / 'checkpoints' / 'best.ckpt'}]",
             f"distill.alpha={args.alpha}", f"distill.temperature={args.temperature}"]),
     }
     rows, per_class = [], {}
     for name, (run_dir, extra) in runs.items():  # in order: the distilled student needs the teacher's checkpoint
-        seconds = train(run_dir, [*common, *extra], steps)
+        given = args.teacher_run and run_dir == teacher_dir
+        seconds = float("nan") if given else train(run_dir, [*common, *extra], steps)
         best = best_row(run_dir)
         params, classes = parameters_and_classes(run_dir)
         rows.append({"model": name, "params (M)": params, "steps at best": int(best["step"]) + 1,

@@ -35,7 +35,7 @@ ROWS = {
     "cpu_recipe (weighted ce_dice, object crops)": [],
     "+ copy-paste (rare)": ["+augment/copy_paste=rare"],
     "+ class-balanced sampling": ["data.sampler=class_balanced", "data.repeat_threshold=0.3"],
-    "+ EMA": ["averaging=ema"],
+    "+ EMA (decay 0.99)": ["averaging=ema", "averaging.decay=0.99"],  # a ~100-step horizon for a 500-step run
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
