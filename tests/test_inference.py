@@ -42,6 +42,10 @@ def test_val_miou_equals_the_training_engine(trained, tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["full resolution"]["mIoU"] == pytest.approx(logged, abs=1e-6)
     assert "IoU/Clothing" in results["256x256"] and "per-class IoU" in capsys.readouterr().out
+    # the confusion behind the figures travels in the file: its IoUs are the reported ones
+    confusion = np.array(results["full resolution"]["confusion"], dtype=float)
+    iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
+    assert np.nanmean(iou) == pytest.approx(results["full resolution"]["mIoU"], abs=1e-9)
 
 
 def test_test_csv_matches_the_predictions(trained, synthetic_root, tmp_path):

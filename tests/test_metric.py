@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trashseg.metric import SegmentationMetric
+from trashseg.metric import SegmentationMetric, foreground_iou
 
 
 def numpy_reference(preds, target, n, ignore=255):
@@ -53,3 +53,13 @@ def test_hand_computed_confusion():
     assert metric.confusion.tolist() == [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
     assert out["mIoU"].item() == pytest.approx((1 + 0.5 + 0.5) / 3)  # class 3 absent: not averaged
     assert out["pixel_acc"].item() == pytest.approx(0.75)
+
+
+def test_foreground_iou_merges_the_object_classes():
+    # rows truth, columns prediction: Background, A, B
+    confusion = torch.tensor([[90, 4, 1],   # 5 Background pixels called an object
+                              [2, 3, 5],    # A: 8 found (3 as A, 5 as B), 2 missed
+                              [1, 0, 4]])   # B: 4 found, 1 missed
+    # found objects 3 + 5 + 0 + 4 = 12; union = all 110 pixels but the 90 Background-as-Background = 20
+    assert foreground_iou(confusion).item() == pytest.approx(12 / 20)
+    assert torch.isnan(foreground_iou(torch.tensor([[7, 0], [0, 0]])))  # no object anywhere

@@ -30,6 +30,15 @@ def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
+def foreground_iou(confusion: torch.Tensor, background: int = 0) -> torch.Tensor:
+    """IoU of "any object class" against `background`, whatever class the object was given: does the
+    model find the objects at all, before it has to tell their materials apart."""
+    confusion = confusion.double()
+    found = confusion.sum() - confusion[background].sum() - confusion[:, background].sum() + confusion[background, background]
+    union = confusion.sum() - confusion[background, background]
+    return found / union if union > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+
+
 def summarize(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, torch.Tensor]:
     """mIoU (NaN-ignoring mean), pixel accuracy and `IoU/<class>` of one confusion matrix."""
     iou = iou_per_class(confusion)

@@ -13,7 +13,7 @@ import torch
 
 from trashseg.atomic import write_text
 from trashseg.cli import run_or_report
-from trashseg.metric import SegmentationMetric
+from trashseg.metric import SegmentationMetric, foreground_iou
 from trashseg.submission import SubmissionWriter, to_submission_size
 
 from .loop import build_loader, predict_labels
@@ -73,14 +73,17 @@ class _ValMetrics:
                           torch.from_numpy(to_submission_size(truth, self.size))[None])
 
     def compute(self) -> dict:
-        return {"full resolution": {k: float(v) for k, v in self.full.compute().items()},
-                f"{self.size}x{self.size}": {k: float(v) for k, v in self.small.compute().items()}}
+        full = {k: float(v) for k, v in self.full.compute().items()}
+        full["foreground IoU"] = float(foreground_iou(self.full.confusion))
+        full["confusion"] = self.full.confusion.tolist()  # rows: truth, columns: prediction, in class order
+        return {"full resolution": full, f"{self.size}x{self.size}": {k: float(v) for k, v in self.small.compute().items()}}
 
 
 def _print_metrics(results: dict, classes: list[str], title: str = "") -> None:
     for name, metrics in results.items():
+        found = f"  foreground IoU {metrics['foreground IoU']:.4f}" if "foreground IoU" in metrics else ""
         print(f"{title}{name}: mIoU {metrics['mIoU']:.4f}  pixel acc {metrics['pixel_acc']:.4f}  "
-              f"per-image mIoU {metrics['mIoU_per_image']:.4f}")
+              f"per-image mIoU {metrics['mIoU_per_image']:.4f}{found}")
     print(f"{title}per-class IoU: " + ", ".join(f"{c} {results['full resolution'][f'IoU/{c}']:.3f}" for c in classes))
 
 
