@@ -3,7 +3,7 @@ experiment with a few levers changed, trained for the same number of epochs (the
 budget; wall time is printed but not the budget, since shared machines vary), then the best
 val mIoU, the IoU of each trash class and how many trash classes pass 0.05 IoU.
 
-    python benchmarks/cpu_recipe_trashcan.py [--epochs 4] [--rows 0,4,5] [--base experiment=cpu_recipe] [OVERRIDE ...]
+    python benchmarks/cpu_recipe_trashcan.py [--epochs N] [--rows 0,4,5] [--base experiment=cpu_recipe] [OVERRIDE ...]
 
 Rows append to benchmarks/results/cpu_recipe/results.jsonl, so the table can be built in
 several sittings (`--table` prints it without training).
@@ -25,25 +25,32 @@ TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 RESULTS = REPO / "benchmarks" / "results" / "cpu_recipe"
 COMMON = ["trainer.enable_progress_bar=false", "trainer.max_time=null", "++trainer.val_check_interval=1.0",
           "data.num_workers=2"]
-WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of the recipe's object crops
-# Each row: overrides on top of --base (default: the recommended recipe, experiment=cpu_recipe).
+WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of object crops
+# The 180x240 recipe (experiment=cpu_recipe until 2026-12-01): 128x128 object crops, full class weights.
+RECIPE_180 = ["augment=trashcan_object_crops", "loss=ce_dice_balanced"]
+# Each row: overrides on top of --base (default: the recommended recipe, experiment=cpu_recipe). Rows 0-7
+# were measured at --epochs 4 (500 steps of 180x240 crops), rows 8-9 at --epochs 16 (2,000 steps of
+# quarter-scale crops: about the same arithmetic).
 ROWS = {
     "ce, whole frames, constant lr": ["loss=ce", "scheduler=constant", *WHOLE_FRAMES],  # trashcan_curve's levers
     "ce_dice, whole frames": ["loss=ce_dice", *WHOLE_FRAMES],
-    "weighted ce_dice, whole frames": WHOLE_FRAMES,
-    "ce_dice, object crops": ["loss=ce_dice"],
-    "cpu_recipe (weighted ce_dice, object crops)": [],
-    "+ copy-paste (rare)": ["+augment/copy_paste=rare"],
-    "+ class-balanced sampling": ["data.sampler=class_balanced", "data.repeat_threshold=0.3"],
-    "+ EMA (decay 0.99)": ["averaging=ema", "averaging.decay=0.99"],  # a ~100-step horizon for a 500-step run
+    "weighted ce_dice, whole frames": ["loss=ce_dice_balanced", *WHOLE_FRAMES],
+    "ce_dice, object crops": ["loss=ce_dice", "augment=trashcan_object_crops"],
+    "180x240 recipe (weighted ce_dice, object crops)": RECIPE_180,
+    "180x240 recipe + copy-paste (rare)": [*RECIPE_180, "+augment/copy_paste=rare"],
+    "180x240 recipe + class-balanced sampling": [*RECIPE_180, "data.sampler=class_balanced", "data.repeat_threshold=0.3"],
+    "180x240 recipe + EMA (decay 0.99)": [*RECIPE_180, "averaging=ema", "averaging.decay=0.99"],  # a ~100-step horizon
+    "quarter-scale crops, weighted ce_dice": ["loss=ce_dice_balanced"],
+    "cpu_recipe: quarter-scale crops, mild weights": [],
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
 
-def train(run_dir: Path, base: str, epochs: int, overrides: list[str]) -> float:
+def train(run_dir: Path, base: str, epochs: int | None, overrides: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", base, *COMMON, f"trainer.max_epochs={epochs}",
-                    f"hydra.run.dir={run_dir}", *overrides], cwd=REPO, check=True)
+    length = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
+    subprocess.run([sys.executable, "train.py", base, *COMMON, *length, f"hydra.run.dir={run_dir}", *overrides],
+                   cwd=REPO, check=True)
     return time.perf_counter() - start
 
 
@@ -63,7 +70,8 @@ def table() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per row (the recipe's poly schedule is sized to them)")
+    parser.add_argument("--epochs", type=int, help="epochs per row (the poly schedule is sized to them); default: "
+                        "the base experiment's own (cpu_recipe: 16)")
     parser.add_argument("--rows", default=",".join(map(str, range(len(ROWS)))),
                         help="comma-separated row numbers: " + "; ".join(f"{i} {name}" for i, name in enumerate(ROWS)))
     parser.add_argument("--base", default="experiment=cpu_recipe", help="the experiment every row starts from")
@@ -84,7 +92,7 @@ def main() -> None:
         run_dir = RESULTS / time.strftime("%Y-%m-%d_%H-%M-%S")
         overrides = ROWS[name] + args.overrides
         seconds = train(run_dir, args.base, args.epochs, overrides)
-        row = {"row": name, "base": args.base, "epochs": args.epochs, **best_row(run_dir / "metrics.csv"), "wall min": seconds / 60,
+        row = {"row": name, "base": args.base, "epochs": args.epochs or "the base's", **best_row(run_dir / "metrics.csv"), "wall min": seconds / 60,
                "run_dir": str(run_dir.relative_to(REPO)), "overrides": overrides}
         with open(RESULTS / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,12 +1,17 @@
 """Parameter groups (coverage, leftovers, errors), schedulers that keep lr ratios, losses."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from trashseg.training.losses import WeightedLoss
 from trashseg.training.optim import build_optimizer, build_scheduler
 from trashseg.training.param_groups import build_param_groups, groups_table
+
+LOSSES = Path(__file__).resolve().parents[1] / "configs" / "loss"
 
 
 class Tiny(nn.Module):
@@ -146,3 +151,11 @@ def test_ce_class_weights_follow_the_class_order_and_count():
     assert weighted(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="class_weights has 3 values but data.classes has 2"):
         WeightedLoss([{"name": "ce", "params": {"class_weights": [1.0, 2.0, 3.0]}}], num_classes=2)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in LOSSES.glob("*.yaml")))
+def test_every_loss_config_builds_for_the_11_classes(name):
+    cfg = yaml.safe_load((LOSSES / f"{name}.yaml").read_text())
+    loss = WeightedLoss(cfg["terms"], num_classes=11)
+    logits, target = torch.randn(2, 11, 8, 8), torch.randint(0, 11, (2, 8, 8))
+    assert torch.isfinite(loss(logits, target))
