@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
+from torch.nn import functional as F
 
 from trashseg.inference import LoadedCheckpoint, Predictor, load_checkpoint
 from trashseg.inference.cli import main as inference
@@ -121,3 +122,36 @@ def test_bad_weights_and_tta_fail_clearly():
         Predictor([pointwise_checkpoint()], weights=[1, 2])
     with pytest.raises(ValueError, match="unknown --tta 'flip'"):
         Predictor([pointwise_checkpoint()], tta="flip")
+
+
+class ScaleSensitive(nn.Module):
+    """A 3x3 convolution: its output depends on the scale it sees an image at."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_resize_predicts_each_image_at_the_training_size_and_returns_its_own_size():
+    cfg = pointwise_checkpoint().cfg
+    source = LoadedCheckpoint(Path("conv"), ScaleSensitive(), cfg)
+    torch.manual_seed(1)
+    wide, tall = torch.randint(0, 255, (3, 18, 32), dtype=torch.uint8), torch.randint(0, 255, (3, 24, 20), dtype=torch.uint8)
+    batch = torch.zeros(2, 3, 24, 32, dtype=torch.uint8)  # padded as pad_collate pads
+    batch[0, :, :18, :32], batch[1, :, :24, :20] = wide, tall
+    out = Predictor([source], resize=(12, 16)).probs_per_image(batch, [(18, 32), (24, 20)])
+    assert [tuple(p.shape) for p in out] == [(5, 18, 32), (5, 24, 20)]
+    for image, probs in zip([wide, tall], out):  # by hand: resize without the padding, predict, resize back
+        small = F.interpolate(image[None].float(), size=(12, 16), mode="bilinear", align_corners=False)
+        expected = Predictor([source]).probs(small)
+        expected = F.interpolate(expected, size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+        assert torch.allclose(probs, expected, atol=1e-6)
+    # without --resize, the padded batch is predicted as is and cropped
+    plain = Predictor([source]).probs_per_image(batch, [(18, 32), (24, 20)])
+    assert torch.allclose(plain[1], Predictor([source]).probs(batch)[1, :, :24, :20])
+    with pytest.raises(ValueError, match="--resize 0 16: give a height and a width"):
+        Predictor([source], resize=(0, 16))

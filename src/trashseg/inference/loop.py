@@ -45,9 +45,8 @@ def predict_probs(predictor: Predictor, loader: DataLoader, desc: str = "predict
     """(batch item, C x h x w probabilities on the predictor's device) per image, cropped from
     the padded batch to the image's original size."""
     for batch in tqdm(loader, desc=desc, unit="batch"):
-        probs = predictor.probs(batch["image"])
-        for i, (h, w) in enumerate(batch["orig_size"].tolist()):
-            yield {k: v[i] for k, v in batch.items()}, probs[i, :, :h, :w]
+        for i, probs in enumerate(predictor.probs_per_image(batch["image"], batch["orig_size"].tolist())):
+            yield {k: v[i] for k, v in batch.items()}, probs
 
 
 def predict_labels(predictor: Predictor, loader: DataLoader, post: str = "none",

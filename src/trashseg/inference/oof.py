@@ -74,7 +74,7 @@ def score_fold(result: OOFResult, fold: int, run: Path, args: argparse.Namespace
     root = args.data_root or Path(ckpt.cfg["data"]["root"])
     _, val_ann = fold_annotations(root, ckpt.cfg["data"]["folds_dir"], fold)
     loader = build_loader(ckpt.cfg, "val", result.classes, root, val_ann, args.batch_size, args.num_workers, args.device)
-    predictor = Predictor([ckpt], tta=args.tta, scales=args.scales, device=args.device)
+    predictor = Predictor([ckpt], tta=args.tta, scales=args.scales, device=args.device, resize=args.resize)
     n = len(result.classes)
     fold_confusion = torch.zeros(n, n, dtype=torch.long)
     for item, _, labels in predict_labels(predictor, loader, args.post, desc=f"fold {fold}"):
@@ -116,7 +116,7 @@ def summary(result: OOFResult, args: argparse.Namespace) -> dict:
     return {"cv": cv, "folds": result.folds, "images": len(result.images),
             "fold_spread": {"mean": float(fold_miou.mean()), "std": float(fold_miou.std()),
                             "min": float(fold_miou.min()), "max": float(fold_miou.max())},
-            "tta": args.tta, "scales": args.scales, "post": args.post, "classes": result.classes, "confusion": result.confusion.tolist()}
+            "tta": args.tta, "scales": args.scales, "resize": args.resize, "post": args.post, "classes": result.classes, "confusion": result.confusion.tolist()}
 
 
 def markdown(report: dict, per_image: pd.DataFrame, n_worst: int) -> str:

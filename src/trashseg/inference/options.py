@@ -34,6 +34,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_predictor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", default="none", choices=list(TTA_MODES))
     parser.add_argument("--scales", nargs="+", type=float, default=[1.0])
+    parser.add_argument("--resize", nargs=2, type=int, metavar=("H", "W"),
+                        help="predict every image at H x W and upsample to its own size: the size training validated "
+                             "at when frames differ in shape (TrashCan's cpu_recipe: 90 120); --scales apply on top")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -98,4 +101,4 @@ def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint | Lo
     check_post(args.post)  # a missing optional package stops before any checkpoint is read
     sources = [load_checkpoint(p) for p in checkpoint_paths(args)] + [load_exported(p) for p in args.model]
     classes = same_classes(sources)
-    return sources, classes, Predictor(sources, args.weights, args.tta, args.scales, args.device)
+    return sources, classes, Predictor(sources, args.weights, args.tta, args.scales, args.device, args.resize)

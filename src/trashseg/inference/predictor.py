@@ -33,7 +33,13 @@ class ModelSource(Protocol):
 
 class Predictor:
     def __init__(self, sources: Sequence[ModelSource], weights: Sequence[float] | None = None,
-                 tta: str = "none", scales: Sequence[float] = (1.0,), device: str = "cpu"):
+                 tta: str = "none", scales: Sequence[float] = (1.0,), device: str = "cpu",
+                 resize: Sequence[int] | None = None):
+        """`resize` (H, W): predict every image at that size, e.g. the size training validated at
+        when the data mixes frame shapes, and bring its probabilities back to the image's own size."""
+        if resize is not None and (len(resize) != 2 or min(resize) < 1):
+            raise ValueError(f"--resize {' '.join(map(str, resize))}: give a height and a width in pixels, e.g. --resize 90 120")
+        self.resize = tuple(int(v) for v in resize) if resize is not None else None
         weights = list(weights) if weights else [1.0] * len(sources)
         if len(weights) != len(sources):
             raise ValueError(f"{len(weights)} --weights for {len(sources)} checkpoints; give one per checkpoint")
@@ -64,6 +70,18 @@ class Predictor:
                     p = p * (weight * per_model)
                     out = p if out is None else out + p
         return out
+
+    def probs_per_image(self, images: torch.Tensor, sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """C x h x w probabilities of each image of a padded batch at its own size (h, w)."""
+        if self.resize is None:
+            probs = self.probs(images)
+            return [probs[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
+        # each image leaves its padding behind before the resize, so every one is seen as training saw it
+        resized = torch.cat([F.interpolate(images[i:i + 1, :, :h, :w].float(), size=self.resize, mode="bilinear",
+                                           align_corners=False) for i, (h, w) in enumerate(sizes)])
+        probs = self.probs(resized)
+        return [F.interpolate(probs[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)[0]
+                for i, (h, w) in enumerate(sizes)]
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Labels N x H x W: argmax at the input's (full) resolution."""
