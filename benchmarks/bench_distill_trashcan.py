@@ -8,9 +8,8 @@
 
 Every run is the 180x240 CPU recipe (`experiment=cpu_recipe` with its 2026-11-23 levers: 128x128 object
 crops of 180x240 frames, batch 16, fully weighted CE + Dice, AdamW 2e-3 with a poly schedule sized to the
-budget) with no time limit: the same step
-budget for all, validated every --steps / 2 steps; the best val mIoU of each run and its per-class
-IoU are printed. `--data synthetic` runs the same three on the built-in synthetic data
+budget) with no time limit: the same step budget for all, validated every --steps / 2 steps; the best
+val mIoU of each run and its per-class IoU are printed. `--data synthetic` runs the same three on the built-in synthetic data
 (`experiment=quickstart`, 128 px), for a quick check.
 
 Run again with the same --work to finish an interrupted benchmark: finished runs are kept and a
@@ -112,8 +111,8 @@ def main() -> None:
     }
     rows, per_class = [], {}
     for name, (run_dir, extra) in runs.items():  # in order: the distilled student needs the teacher's checkpoint
-        given = args.teacher_run and run_dir == teacher_dir
-        seconds = float("nan") if given else train(run_dir, [*common, *extra], steps)
+        reused = args.teacher_run is not None and run_dir == teacher_dir
+        seconds = float("nan") if reused else train(run_dir, [*common, *extra], steps)
         best = best_row(run_dir)
         params, classes = parameters_and_classes(run_dir)
         rows.append({"model": name, "params (M)": params, "steps at best": int(best["step"]) + 1,

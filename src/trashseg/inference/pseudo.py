@@ -89,7 +89,7 @@ def pseudo_label(args: argparse.Namespace) -> str:
         unsure_pixels, pixels = unsure_pixels + int((~confident).sum()), pixels + confident.size
     coco = {"info": {"description": "trashseg pseudo-labels; train with crowd: ignore (iscrowd regions = unconfident pixels)",
                      "checkpoints": [str(c.path) for c in checkpoints], "tta": args.tta, "scales": args.scales,
-                     "post": args.post,
+                     "resize": args.resize, "post": args.post,
                      "min_confidence": args.min_confidence, "min_image_confidence": args.min_image_confidence,
                      "source": str(loader.dataset.ann_path)},
             "images": images, "annotations": annotations, "categories": categories}
