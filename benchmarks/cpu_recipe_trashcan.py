@@ -4,6 +4,7 @@ cost about the same wall time; wall time is printed, not enforced, since shared 
 then the best val mIoU, the IoU of each trash class and how many trash classes pass 0.05 IoU.
 
     python benchmarks/cpu_recipe_trashcan.py [--rows 0,4,5] [--epochs N] [OVERRIDE ...]
+    python benchmarks/cpu_recipe_trashcan.py --rows 9,15 --step-time 250   # training speed, side by side
 
 Rows append to benchmarks/results/cpu_recipe/results.jsonl, so the table can be built in
 several sittings (`--table` prints it without training).
@@ -15,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of object crops
 RECIPE_180 = ["augment=trashcan_object_crops", "loss=ce_dice_balanced"]
 R10T = ["model=unet_resnet10t"]
 # Each row: (experiment, epochs, overrides). Rows 0-7 are 500 steps of 180x240 crops; the quarter-scale
-# rows are sized to about the same wall time: 2,000 steps of unet_tiny or 3,000-3,250 of the faster models.
+# rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (README: their step costs).
 ROWS = {
     "ce, whole frames, constant lr": (TINY, 4, ["loss=ce", "scheduler=constant", *WHOLE_FRAMES]),  # trashcan_curve's levers
     "ce_dice, whole frames": (TINY, 4, ["loss=ce_dice", *WHOLE_FRAMES]),
@@ -48,7 +50,8 @@ ROWS = {
     "ResNet-10-T encoder": (TINY, 26, R10T),
     "ResNet-18 to stride 16, narrow decoder": (TINY, 24, ["model.encoder_depth=4", "model.decoder.decoder_channels=[64,32,16,16]"]),
     "ResNet-10-T + scale/colour jitter": (TINY, 26, [*R10T, "augment=trashcan_object_crops_small_strong"]),
-    "cpu_recipe: ResNet-10-T + jitter + EMA (decay 0.995)": ("experiment=cpu_recipe", 26, []),
+    "cpu_recipe: ResNet-10-T + jitter + EMA (decay 0.995)": ("experiment=cpu_recipe", 20, []),
+    "cpu_recipe, 26 epochs": ("experiment=cpu_recipe", 26, []),
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
@@ -59,6 +62,16 @@ def train(run_dir: Path, experiment: str, epochs: int, overrides: list[str]) -> 
                     f"hydra.run.dir={run_dir}", *overrides],
                    cwd=REPO, check=True)
     return time.perf_counter() - start
+
+
+def step_seconds(experiment: str, overrides: list[str], steps: int) -> float:
+    """Wall seconds of `steps` training steps of a row, start-up included, no validation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "train.py", experiment, *COMMON, f"++trainer.max_steps={steps}",
+                        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", f"hydra.run.dir={tmp}", *overrides],
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
 
 
 def best_row(metrics_csv: Path) -> dict:
@@ -84,6 +97,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(map(str, range(len(ROWS)))),
                         help="comma-separated row numbers: " + "; ".join(f"{i} {name}" for i, name in enumerate(ROWS)))
     parser.add_argument("--table", action="store_true", help="print the table of the rows run so far and stop")
+    parser.add_argument("--step-time", type=int, metavar="STEPS", help="instead of training the rows, time STEPS "
+                        "training steps of each, one after another, and print the seconds and the ratio to the first row")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every row")
     args = parser.parse_args()
     if args.table:
@@ -95,6 +110,15 @@ def main() -> None:
     picked = [r.strip() for r in args.rows.split(",")]
     if not all(r.isdigit() and int(r) < len(names) for r in picked):
         sys.exit(f"error: --rows takes row numbers 0..{len(names) - 1}; got {args.rows!r}")
+    if args.step_time:
+        seconds = {}
+        for name in (names[int(r)] for r in picked):
+            experiment, _, overrides = ROWS[name]
+            seconds[name] = step_seconds(experiment, overrides + args.overrides, args.step_time)
+            first = next(iter(seconds.values()))
+            print(f"{name}: {args.step_time} steps in {seconds[name]:.1f} s (start-up included), "
+                  f"{seconds[name] / first:.2f}x the first row", flush=True)
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in (names[int(r)] for r in picked):
         run_dir = RESULTS / time.strftime("%Y-%m-%d_%H-%M-%S")
