@@ -68,10 +68,14 @@ def step_seconds(experiment: str, overrides: list[str], steps: int) -> float:
     """Wall seconds of `steps` training steps of a row, start-up included, no validation."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "train.py", experiment, *COMMON, f"++trainer.max_steps={steps}",
-                        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", f"hydra.run.dir={tmp}", *overrides],
-                       cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - start
+        done = subprocess.run([sys.executable, "train.py", experiment, *COMMON, f"++trainer.max_steps={steps}",
+                               "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", f"hydra.run.dir={tmp}",
+                               *overrides], cwd=REPO, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        sys.exit(f"error: train.py {experiment} {' '.join(overrides)} failed: {last}")
+    return seconds
 
 
 def best_row(metrics_csv: Path) -> dict:
