@@ -29,8 +29,7 @@ COMMON = ["trainer.enable_progress_bar=false", "trainer.max_time=null", "++train
           "data.num_workers=2"]
 TINY = "experiment=cpu_recipe_unet_tiny"  # the recipe until 2026-12-01; cpu_recipe builds on it
 WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of object crops
-# The 180x240 recipe (experiment=cpu_recipe until 2026-12-01 morning): 128x128 object crops, full class weights.
-RECIPE_180 = ["augment=trashcan_object_crops", "loss=ce_dice_balanced"]
+R180 = "experiment=cpu_recipe_180"  # 128x128 object crops of 180x240 frames, full class weights
 R10T = ["model=unet_resnet10t"]
 # Each row: (experiment, epochs, overrides). Rows 0-7 are 500 steps of 180x240 crops; the quarter-scale
 # rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (README: their step costs).
@@ -39,10 +38,10 @@ ROWS = {
     "ce_dice, whole frames": (TINY, 4, ["loss=ce_dice", *WHOLE_FRAMES]),
     "weighted ce_dice, whole frames": (TINY, 4, ["loss=ce_dice_balanced", *WHOLE_FRAMES]),
     "ce_dice, object crops": (TINY, 4, ["loss=ce_dice", "augment=trashcan_object_crops"]),
-    "180x240 recipe (weighted ce_dice, object crops)": (TINY, 4, RECIPE_180),
-    "180x240 recipe + copy-paste (rare)": (TINY, 4, [*RECIPE_180, "+augment/copy_paste=rare"]),
-    "180x240 recipe + class-balanced sampling": (TINY, 4, [*RECIPE_180, "data.sampler=class_balanced", "data.repeat_threshold=0.3"]),
-    "180x240 recipe + EMA (decay 0.99)": (TINY, 4, [*RECIPE_180, "averaging=ema", "averaging.decay=0.99"]),  # a ~100-step horizon
+    "180x240 recipe (weighted ce_dice, object crops)": (R180, 4, []),
+    "180x240 recipe + copy-paste (rare)": (R180, 4, ["+augment/copy_paste=rare"]),
+    "180x240 recipe + class-balanced sampling": (R180, 4, ["data.sampler=class_balanced", "data.repeat_threshold=0.3"]),
+    "180x240 recipe + EMA (decay 0.99)": (R180, 4, ["averaging=ema", "averaging.decay=0.99"]),  # a ~100-step horizon
     "quarter-scale crops, weighted ce_dice": (TINY, 16, ["loss=ce_dice_balanced"]),
     "unet_tiny: quarter-scale crops, mild weights": (TINY, 16, []),
     "unet_tiny + EMA (decay 0.995)": (TINY, 16, ["averaging=ema", "averaging.decay=0.995"]),
