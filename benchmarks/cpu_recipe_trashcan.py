@@ -31,6 +31,7 @@ TINY = "experiment=cpu_recipe_unet_tiny"  # the recipe until 2026-12-01; cpu_rec
 WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of object crops
 R180 = "experiment=cpu_recipe_180"  # 128x128 object crops of 180x240 frames, full class weights
 R10T = ["model=unet_resnet10t"]
+RECIPE = "experiment=cpu_recipe"
 # Each row: (experiment, epochs, overrides). Rows 0-7 are 500 steps of 180x240 crops; the quarter-scale
 # rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (README: their step costs).
 ROWS = {
@@ -49,8 +50,15 @@ ROWS = {
     "ResNet-10-T encoder": (TINY, 26, R10T),
     "ResNet-18 to stride 16, narrow decoder": (TINY, 24, ["model.encoder_depth=4", "model.decoder.decoder_channels=[64,32,16,16]"]),
     "ResNet-10-T + scale/colour jitter": (TINY, 26, [*R10T, "augment=trashcan_object_crops_small_strong"]),
-    "cpu_recipe: ResNet-10-T + jitter + EMA (decay 0.995)": ("experiment=cpu_recipe", 20, []),
-    "cpu_recipe, 26 epochs": ("experiment=cpu_recipe", 26, []),
+    "cpu_recipe: ResNet-10-T + jitter + EMA (decay 0.995)": (RECIPE, 20, []),
+    "cpu_recipe, 26 epochs": (RECIPE, 26, []),
+    "cpu_recipe at 180x240 (64x64 crops)": (RECIPE, 20, [f"augment.{split}.0.params.{side}={size}" for split in ("train", "val")
+                                                          for side, size in (("height", 180), ("width", 240))]),
+    "cpu_recipe + 30% crops anywhere": (RECIPE, 20, ["augment=trashcan_object_crops_small_mixed"]),
+    "cpu_recipe + copy-paste (Metal)": (RECIPE, 20, ["+augment/copy_paste=trashcan_metal"]),
+    "cpu_recipe + Lovasz": (RECIPE, 20, ["loss=ce_dice_lovasz_balanced_mild"]),
+    "cpu_recipe + Lovasz, seed 1": (RECIPE, 20, ["loss=ce_dice_lovasz_balanced_mild", "seed=1"]),
+    "cpu_recipe + weight decay 0.05": (RECIPE, 20, ["optimizer.weight_decay=0.05"]),
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
@@ -98,7 +106,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs for every row picked (the poly schedule is sized to "
                         "them); default: each row's own")
     parser.add_argument("--rows", default=",".join(map(str, range(len(ROWS)))),
-                        help="comma-separated row numbers: " + "; ".join(f"{i} {name}" for i, name in enumerate(ROWS)))
+                        help="comma-separated row numbers: " + "; ".join(f"{i} {name}" for i, name in enumerate(ROWS)).replace("%", "%%"))
     parser.add_argument("--table", action="store_true", help="print the table of the rows run so far and stop")
     parser.add_argument("--step-time", type=int, metavar="STEPS", help="instead of training the rows, time STEPS "
                         "training steps of each, one after another, and print the seconds and the ratio to the first row")

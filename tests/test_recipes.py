@@ -236,6 +236,13 @@ def test_extra_sources_are_balanced_and_pasted_too(paste_root, tmp_path):
         TrashDataModule(paste_root, augment={"copypaste": {}})
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "augment" / "copy_paste").glob("*.yaml")))
+def test_every_copy_paste_yaml_is_a_valid_config(name):
+    cfg = yaml.safe_load((CONFIGS / "augment" / "copy_paste" / f"{name}.yaml").read_text())
+    checked = copy_paste_module.check_config(cfg, CLASSES)
+    assert checked["p"] == cfg["p"] and checked["max_objects"] == cfg["max_objects"]
+
+
 @pytest.mark.parametrize("cfg, message", [
     ({"class_weights": {"Batery": 5}}, r"'Batery' is not a class of data.classes; did you mean 'Battery'"),
     ({"class_weights": {"Battery": 0}}, r"every weight is 0"),
