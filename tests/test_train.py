@@ -103,8 +103,8 @@ def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
     coco = json.loads((synthetic_root / "val.json").read_text())
     coco["images"] = coco["images"][:9]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in {im["id"] for im in coco["images"]}]
-    (synthetic_root / "val9.json").write_text(json.dumps(coco))
-    cfg = run_module.plain_config(config(synthetic_root, tmp_path, "data.val_ann=val9.json"))
+    (tmp_path / "val9.json").write_text(json.dumps(coco))  # not in synthetic_root: other tests list its files
+    cfg = run_module.plain_config(config(synthetic_root, tmp_path, f"data.val_ann={tmp_path / 'val9.json'}"))
     torch.manual_seed(0)
     module = SegmentationModule(cfg)
     results = []
