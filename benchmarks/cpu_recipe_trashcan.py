@@ -59,6 +59,8 @@ ROWS = {
     "cpu_recipe + Lovasz": (RECIPE, 20, ["loss=ce_dice_lovasz_balanced_mild"]),
     "cpu_recipe + Lovasz, seed 1": (RECIPE, 20, ["loss=ce_dice_lovasz_balanced_mild", "seed=1"]),
     "cpu_recipe + weight decay 0.05": (RECIPE, 20, ["optimizer.weight_decay=0.05"]),
+    "cpu_recipe, lr 4e-3": (RECIPE, 20, ["optimizer.lr=4.0e-3"]),
+    "cpu_recipe, lr 1e-3": (RECIPE, 20, ["optimizer.lr=1.0e-3"]),
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
