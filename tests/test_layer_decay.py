@@ -81,7 +81,34 @@ def test_stage_rules_by_name():
     assert [stage_of(n) for n in ("conv1.weight", "layer3.0.bn1.bias", "model.stages_0.blocks.0.gamma",
                                   "model.layers_3.downsample.norm.weight", "patch_embed1.proj.weight",
                                   "patch_embed4.norm.bias", "norm2.weight", "model.stem_1.bias")] == [0, 3, 1, 4, 0, 4, 2, 0]
-    assert stage_of("model.conv_stem.weight") is None  # EfficientNet: unknown, never guessed
+    # timm EfficientNet: conv_stem/bn1 the stem, block groups 0 | 1 | 2 | 3-4 | 5-6 the stages of stride 2 ... 32
+    assert [stage_of(n) for n in ("model.conv_stem.weight", "model.bn1.bias", "model.blocks.0.0.conv_dw.weight",
+                                  "model.blocks.2.1.bn3.weight", "model.blocks.3.0.conv_pw.weight",
+                                  "model.blocks.4.2.conv_pwl.weight", "model.blocks.6.0.bn2.bias")] == [0, 0, 1, 3, 4, 4, 5]
+    assert stage_of("model.blocks.7.0.conv_pw.weight") is None  # no eighth group: unknown, never guessed
+    assert stage_of("_blocks.3._expand_conv.weight") is None  # smp's own efficientnet-b*: not placed
+
+
+def test_efficientnet_lite_five_stages_from_its_feature_info():
+    """tu-tf_efficientnet_lite0: the stages are the five its feature info names (strides 2 ... 32), so
+    with decay 0.5 the top stage gets 0.5, the stem 0.5^6; every parameter placed once."""
+    model = build_model({"name": "smp", "arch": "Unet", "encoder_name": "tu-tf_efficientnet_lite0",
+                         "decoder": {"decoder_channels": [16, 8, 8, 8, 8]}}, 3)
+    reductions = [info["reduction"] for info in model.encoder.model.feature_info.get_dicts()]
+    assert reductions == [2, 4, 8, 16, 32]
+    groups = build_optimizer(model, {"name": "AdamW", "lr": 1.0, "weight_decay": 0.05, "no_decay_norm_bias": True,
+                                     "layer_decay": 0.5}).param_groups
+    lrs = {g["name"].removesuffix("/no_decay"): g["lr"] for g in groups}
+    assert lrs == pytest.approx({"encoder.stem": 0.5 ** 6, "encoder.stage1": 0.5 ** 5, "encoder.stage2": 0.5 ** 4,
+                                 "encoder.stage3": 0.125, "encoder.stage4": 0.25, "encoder.stage5": 0.5, "default": 1.0})
+    group_of = names_of(groups, model)
+    assert sorted(group_of) == sorted(n for n, _ in model.named_parameters())
+    # the module each stage's feature is taken from (blocks.1, blocks.4, blocks.6) is in that stage
+    assert group_of["encoder.model.blocks.1.1.conv_pwl.weight"] == "encoder.stage2"
+    assert group_of["encoder.model.blocks.3.0.conv_dw.weight"] == "encoder.stage4"  # stride 16, with blocks.4
+    assert group_of["encoder.model.blocks.6.0.conv_pw.weight"] == "encoder.stage5"
+    assert group_of["encoder.model.blocks.0.0.bn1.weight"] == "encoder.stage1/no_decay"
+    assert group_of["encoder.model.conv_stem.weight"] == "encoder.stem"
 
 
 def test_layer_decay_with_user_groups_for_decoder_and_head():

@@ -2,17 +2,25 @@
 PSPNet, PAN, DeepLabV3, DeepLabV3Plus, UPerNet, Segformer, Linknet, MAnet), with smp's
 `segmentation_head` as the head. `decoder` holds the architecture's own keyword arguments;
 `encoder_params` the timm model's, for `tu-` encoders (e.g. Swin's `img_size` and
-`dynamic_img_size: true`, which lets a Swin take any padded H x W; `drop_path_rate`)."""
+`dynamic_img_size: true`, which lets a Swin take any padded H x W, and is set by default for every
+timm model that takes it; `drop_path_rate`).
+
+`pretrained: imagenet` on `tu-tf_efficientnet_lite0/1/2` reads the weights an installed package
+ships (`packaged_weights`): no network; every other name downloads through smp / timm."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
+from torch import nn
 
 from .base import SegmentationModel
+from .packaged_weights import has_packaged_weights, load_packaged
 from .pretrained import check_pretrained, download, load_local
 from .registry import register
 
@@ -31,6 +39,18 @@ EXTRA_STRIDE = {"PAN": 8}
 def decoder_arguments(arch: str) -> list[str]:
     """The keyword arguments smp's `arch` takes besides what the adapter sets."""
     return [p for p in inspect.signature(getattr(smp, arch).__init__).parameters if p not in OWN_ARGUMENTS]
+
+
+def takes_dynamic_size(timm_name: str) -> bool:
+    """Whether the model class behind a timm name takes `dynamic_img_size` (ViT, Swin, ...): such
+    models are planned for one img_size and refuse any other unless told to resize themselves."""
+    try:
+        module = sys.modules[timm.models.model_entrypoint(timm_name.split(".")[0]).__module__]
+    except (RuntimeError, KeyError):  # not a timm model: smp reports it when it builds
+        return False
+    classes = (c for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__)
+    return any("dynamic_img_size" in inspect.signature(c.__init__).parameters for c in classes)
 
 
 class SmpModel(SegmentationModel):
@@ -71,6 +91,8 @@ def smp_model(
         if key in valid or key in OWN_ARGUMENTS:
             hint = f"; set model.decoder.{key}" if key in valid else ""
             raise ValueError(f"model.encoder_params.{key} is an argument of smp, not of the timm model{hint}")
+    if encoder_name.startswith("tu-") and "dynamic_img_size" not in timm_kwargs and takes_dynamic_size(encoder_name[3:]):
+        timm_kwargs["dynamic_img_size"] = True  # else any input but img_size fails inside timm's patch embedding
 
     def build(weights: str | None) -> smp.base.SegmentationModel:
         try:
@@ -82,10 +104,13 @@ def smp_model(
             raise ValueError(f"model.encoder_params: timm's {encoder_name[3:]} does not take them ({err}); valid ones "
                              "are its model class's arguments") from None
 
-    if pretrained == "imagenet":
+    packaged = pretrained == "imagenet" and encoder_name.startswith("tu-") and has_packaged_weights(encoder_name[3:])
+    if pretrained == "imagenet" and not packaged:
         net = download(f"smp {encoder_name} ImageNet weights", lambda: build("imagenet"))
     else:
         net = build(None)
+    if packaged:
+        load_packaged(net.encoder.model, encoder_name[3:])
     model = SmpModel(net, arch)
     if pretrained not in (None, "imagenet"):
         load_local(model.encoder, pretrained)

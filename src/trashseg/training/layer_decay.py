@@ -5,8 +5,10 @@ decoder and head keep the full lr (depth 0), as BEiT / ConvNeXt fine-tuning does
 
 A stage holds its own downsampling (Swin's patch merging, ConvNeXt's downsample, MiT's patch
 embedding); the stem is what embeds the image (ResNet's conv1/bn1, ConvNeXt's stem, Swin's and
-MiT's first patch embedding). Known encoders: smp's ResNet and MiT (`mit_b*`) and timm's (`tu-`)
-ResNet, ConvNeXt and Swin. A parameter no rule places is an error, never a silent default.
+MiT's first patch embedding, EfficientNet's conv_stem/bn1). Known encoders: smp's ResNet and MiT
+(`mit_b*`) and timm's (`tu-`) ResNet, ConvNeXt, Swin and EfficientNet(-Lite). EfficientNet's seven
+block groups fall into the five stages its feature info names by stride (2, 4, 8, 16, 32): groups
+0 | 1 | 2 | 3-4 | 5-6. A parameter no rule places is an error, never a silent default.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# (pattern on the encoder-relative name, how the stage number is read): "stem", or the offset
-# added to the captured index (timm's stages count from 0, ResNet's layers and MiT's blocks from 1).
+# timm EfficientNet block group -> stage (the reduction its feature info names: 2, 4, 8, 16, 32).
+EFFICIENTNET_STAGES = (1, 2, 3, 4, 4, 5, 5)
+
+# (pattern on the encoder-relative name, how the stage number is read): "stem", the offset added to
+# the captured index (timm's stages count from 0, ResNet's layers and MiT's blocks from 1), or a
+# table indexed by it.
 STAGE_RULES = (
-    (re.compile(r"(conv1|bn1|stem|stem[._]\d+|patch_embed|patch_embed1)\."), "stem"),  # checked before MiT's rule
+    (re.compile(r"(conv1|bn1|conv_stem|stem|stem[._]\d+|patch_embed|patch_embed1)\."), "stem"),  # before MiT's rule
+    (re.compile(r"blocks\.(\d+)\.\d+\."), EFFICIENTNET_STAGES),  # EfficientNet blocks.<group>.<block>
     (re.compile(r"layer(\d)\."), 0),                      # ResNet layer1..4 (smp and timm)
     (re.compile(r"(?:stages|layers)[._](\d+)\."), 1),    # timm ConvNeXt stages_0..3, Swin layers_0..3
     (re.compile(r"(?:block|norm|patch_embed)(\d)\."), 0),  # MiT block1..4, norm1..4, patch_embed2..4
@@ -30,8 +37,14 @@ def stage_of(name: str) -> int | None:
     name = name.removeprefix(WRAPPER)
     for pattern, offset in STAGE_RULES:
         found = pattern.match(name)
-        if found:
-            return 0 if offset == "stem" else int(found.group(1)) + offset
+        if not found:
+            continue
+        if offset == "stem":
+            return 0
+        index = int(found.group(1))
+        if isinstance(offset, tuple):
+            return offset[index] if index < len(offset) else None
+        return index + offset
     return None
 
 
@@ -47,7 +60,7 @@ def layer_decay_groups(names: Iterable[str], decay: float) -> list[dict]:
         stage = stage_of(name.removeprefix("encoder."))
         if stage is None:
             raise ValueError(f"optimizer.layer_decay cannot place {name} in a stage of the encoder; it knows ResNet, "
-                             "ConvNeXt, Swin and MiT encoders (smp's and tu-); remove layer_decay for this model")
+                             "ConvNeXt, Swin, MiT and EfficientNet encoders (smp's and tu-); remove layer_decay for this model")
         stages.setdefault(stage, []).append(name)
     if not stages:
         raise ValueError("optimizer.layer_decay: the model has no trainable encoder parameters to decay")
