@@ -32,6 +32,7 @@ WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of object crops
 R180 = "experiment=cpu_recipe_180"  # 128x128 object crops of 180x240 frames, full class weights
 R10T = ["model=unet_resnet10t"]
 RECIPE = "experiment=cpu_recipe"
+PRE = "experiment=cpu_recipe_pretrained"  # Unet on ImageNet EfficientNet-Lite0 (installed package), 180x240
 # Each row: (experiment, epochs, overrides). Rows 0-7 are 500 steps of 180x240 crops; the quarter-scale
 # rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (README: their step costs).
 ROWS = {
@@ -61,6 +62,17 @@ ROWS = {
     "cpu_recipe + weight decay 0.05": (RECIPE, 20, ["optimizer.weight_decay=0.05"]),
     "cpu_recipe, lr 4e-3": (RECIPE, 20, ["optimizer.lr=4.0e-3"]),
     "cpu_recipe, lr 1e-3": (RECIPE, 20, ["optimizer.lr=1.0e-3"]),
+    # From here: ImageNet weights (rows 25-): 500 steps of 128x128 crops cost about what 2,500 of 64x64 do.
+    "pretrained: Lite0 Unet, 180x240, encoder lr x0.1": (PRE, 4, []),
+    "Lite0 Unet from random init (same recipe)": (PRE, 4, ["model.pretrained=null"]),
+    "pretrained, one lr for all (encoder x1)": (PRE, 4, ["optimizer.groups=[]"]),
+    "pretrained, layer decay 0.7 (no encoder group)": (PRE, 4, ["optimizer.groups=[]", "optimizer.layer_decay=0.7"]),
+    "pretrained + EMA (decay 0.99)": (PRE, 4, ["averaging=ema", "averaging.decay=0.99"]),
+    "pretrained, mild class weights": (PRE, 4, ["loss=ce_dice_balanced_mild"]),
+    "pretrained at 90x120 (64x64 crops, mild weights)": (PRE, 16, ["augment=trashcan_object_crops_small",
+                                                                   "loss=ce_dice_balanced_mild"]),
+    "pretrained, Lite2 encoder": (PRE, 3, ["model=unet_lite2"]),
+    "pretrained, lr 2e-3": (PRE, 4, ["optimizer.lr=2.0e-3"]),
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
