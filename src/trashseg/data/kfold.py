@@ -9,7 +9,8 @@ on which classes each image contains (iterative stratification, Sechidis et al. 
 `iterative-stratification` package). With `--group-by`, images whose file names give the same
 match (the frames of one video) are one unit: they never land on both sides of a fold. A class
 present in at least `folds` units appears in every fold's val (moved there if stratification
-left a fold without it).
+left a fold without it, never at the cost of another such class), or, where no split can do
+that (units that hold each other's rare classes), the command says so in one warning line.
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ def class_presence(coco: dict) -> tuple[np.ndarray, list[str]]:
     return presence, [c["name"] for c in coco["categories"]]
 
 
-def assign_folds(presence: np.ndarray, units: list[str], folds: int, seed: int) -> np.ndarray:
-    """Fold index per image: iterative stratification over units, then rare-class repair."""
+def assign_folds(presence: np.ndarray, units: list[str], folds: int,
+                 seed: int) -> tuple[np.ndarray, list[tuple[int, int]], bool]:
+    """Fold index per image: iterative stratification over units, then rare-class repair; with
+    the (class column, fold) pairs the repair left without a holder and whether that is proven
+    unavoidable (see `_spread_rare_classes`)."""
     names, unit_of = np.unique(np.array(units), return_inverse=True)
     if len(names) < folds:
         raise ValueError(f"{len(names)} images/groups cannot make {folds} folds; use --folds {max(len(names), 2)} or fewer")
@@ -94,27 +98,116 @@ def assign_folds(presence: np.ndarray, units: list[str], folds: int, seed: int) 
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # imports scikit-learn: only when splitting
 
     splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, val) in enumerate(splitter.split(np.zeros((len(names), 1)), unit_presence)):
+    # a constant extra column: with one category the labels would look binary, which it refuses
+    labels = np.pad(unit_presence, ((0, 0), (0, 1)))
+    for k, (_, val) in enumerate(splitter.split(np.zeros((len(names), 1)), labels)):
         unit_fold[val] = k
-    _spread_rare_classes(unit_fold, unit_presence, folds)
-    return unit_fold[unit_of]
+    gaps, proven = _spread_rare_classes(unit_fold, unit_presence, folds)
+    return unit_fold[unit_of], gaps, proven
 
 
-def _spread_rare_classes(unit_fold: np.ndarray, unit_presence: np.ndarray, folds: int) -> None:
-    """Every class held by >= `folds` units gets into every fold's val: a unit holding it moves
-    from the fold with the most such units (the one with the fewest other classes moves)."""
-    totals = unit_presence.sum(0)
-    for c in np.argsort(totals, kind="stable"):
-        if totals[c] < folds:
+def gaps_line(gaps: list[tuple[int, int]], proven: bool, names: list[str], folds: int) -> str:
+    """One line naming the classes a fold's val lacks although they have enough holders."""
+    missing = ", ".join(f"{names[c]} from fold {f}'s val" for c, f in gaps)
+    why = ("no split can avoid it: their images hold each other's classes" if proven
+           else "the repair's search gave up; try another --seed")
+    return (f"warning: classes held by >= {folds} images/groups are missing: {missing} ({why}); "
+            "that fold's val IoU of them is NaN, the OOF score still counts them")
+
+
+def _spread_rare_classes(unit_fold: np.ndarray, unit_presence: np.ndarray, folds: int) -> tuple[list[tuple[int, int]], bool]:
+    """Every class held by >= `folds` units gets into every fold's val, in place: while a fold
+    lacks such a class, a unit holding it moves there from another fold (or, when no move is
+    possible, trades places with a unit of that fold). A change is made only if it leaves no
+    fold without a class it had, so every step fills a gap and none opens one: the repair ends.
+    When it ends with gaps, an exhaustive search (bounded) looks for any assignment that has none.
+    Returns the (class, fold) gaps left, and whether the search proved that none can be filled."""
+    rare = np.flatnonzero(unit_presence.sum(0) >= folds)
+    holds = unit_presence[:, rare].astype(np.int64)  # units x guaranteed classes
+    busy = unit_presence.sum(1)  # the units holding fewest classes move first: stratification changes least
+    while True:
+        counts = np.zeros((folds, len(rare)), dtype=np.int64)  # holders of each class per fold
+        np.add.at(counts, unit_fold, holds)
+        gaps = _rarest_first(np.argwhere(counts == 0), holds)
+        if not gaps:
+            return [], False
+        if not any(_fill_gap(unit_fold, holds, counts, busy, f, c) for c, f in gaps):
+            break
+    found, proven = _search_cover(holds, folds, unit_fold)
+    if found is not None:
+        unit_fold[:] = found
+        return [], False
+    return [(int(rare[c]), int(f)) for c, f in gaps], proven
+
+
+def _rarest_first(gaps: np.ndarray, holds: np.ndarray) -> list[tuple[int, int]]:
+    """(class, fold) gaps, classes with the fewest holders first."""
+    return sorted(((int(c), int(f)) for f, c in gaps), key=lambda cf: (holds[:, cf[0]].sum(), cf))
+
+
+def _fill_gap(unit_fold: np.ndarray, holds: np.ndarray, counts: np.ndarray, busy: np.ndarray, fold: int,
+              cls: int) -> bool:
+    """Give `fold` a holder of class `cls` by one move or, failing that, one swap that takes no
+    fold's last holder of any class; True if done."""
+    movers = np.flatnonzero((holds[:, cls] == 1) & (unit_fold != fold))
+    # a unit may leave its fold if that fold keeps another holder of every class the unit holds
+    spare = (counts[unit_fold[movers]] >= 2) | (holds[movers] == 0)  # movers x classes
+    safe = movers[spare.all(1)]
+    if len(safe):
+        donor_size = counts[unit_fold[safe], cls]  # take from the fold with most holders, then the least busy unit
+        mover = safe[np.lexsort((safe, busy[safe], -donor_size))[0]]
+        unit_fold[mover] = fold
+        return True
+    # a swap: the unit u comes in, a unit v of `fold` without `cls` goes to u's fold; after it,
+    # u's fold and `fold` still need a holder of every class they had
+    stay = np.flatnonzero((unit_fold == fold) & (holds[:, cls] == 0))
+    stay = stay[np.lexsort((stay, busy[stay]))]
+    for u in movers[np.lexsort((movers, busy[movers]))]:
+        donor = unit_fold[u]
+        donor_after = counts[donor] - holds[u] + holds[stay]  # stay x classes
+        fold_after = counts[fold] + holds[u] - holds[stay]
+        ok = ((donor_after >= 1) | (counts[donor] == 0)).all(1) & ((fold_after >= 1) | (counts[fold] == 0)).all(1)
+        if ok.any():
+            unit_fold[u], unit_fold[stay[ok.argmax()]] = fold, donor
+            return True
+    return False
+
+
+def _search_cover(holds: np.ndarray, folds: int, unit_fold: np.ndarray,
+                  limit: int = 200_000) -> tuple[np.ndarray | None, bool]:
+    """Depth-first search for folds of the units that hold a guaranteed class (each unit tries
+    its current fold first) such that every fold has a holder of every class: (the assignment or
+    None, whether the search was exhaustive, i.e. within `limit` steps)."""
+    units = np.flatnonzero(holds.any(1))
+    units = units[np.argsort(holds[units].sum(1), kind="stable")[::-1]]  # the busiest first: pruning bites early
+    counts = np.zeros((folds, holds.shape[1]), dtype=np.int64)
+    left = holds[units].sum(0)  # holders of each class not placed yet
+    choice = [[int(unit_fold[u])] + [f for f in range(folds) if f != unit_fold[u]] for u in units]
+    tried = [0] * len(units)  # per depth: how many of its choices were taken
+    depth, steps = 0, 0
+    while depth >= 0:
+        if depth == len(units):
+            out = unit_fold.copy()
+            out[units] = [choice[i][tried[i] - 1] for i in range(len(units))]
+            return out, True
+        u = units[depth]
+        if tried[depth]:  # undo the previous choice at this depth
+            counts[choice[depth][tried[depth] - 1]] -= holds[u]
+        if tried[depth] == folds:
+            tried[depth] = 0
+            left += holds[u]
+            depth -= 1
             continue
-        for _ in range(folds):
-            counts = np.bincount(unit_fold[unit_presence[:, c] == 1], minlength=folds)
-            if counts.min() > 0:
-                break
-            donor = int(counts.argmax())
-            candidates = np.flatnonzero((unit_presence[:, c] == 1) & (unit_fold == donor))
-            mover = candidates[np.argmin(unit_presence[candidates].sum(1))]
-            unit_fold[mover] = int(counts.argmin())
+        if tried[depth] == 0:
+            left -= holds[u]
+        steps += 1
+        if steps > limit:
+            return None, False
+        counts[choice[depth][tried[depth]]] += holds[u]
+        tried[depth] += 1
+        if ((counts == 0).sum(0) <= left).all():  # the units still to place can fill every gap
+            depth += 1
+    return None, True
 
 
 def split_coco(coco: dict, image_fold: np.ndarray, fold: int) -> tuple[dict, dict]:
@@ -162,9 +255,9 @@ def make_folds(root: str | Path, ann: str | Path, folds: int, out: str | Path, s
     coco = read_coco(Path(root) / ann)
     if not coco.get("categories"):
         raise ValueError(f"{Path(root) / ann} has no categories: not an annotated split (folds need labels)")
-    presence, _ = class_presence(coco)
+    presence, names = class_presence(coco)
     units = unit_keys([im["file_name"] for im in coco["images"]], group_by)
-    image_fold = assign_folds(presence, units, folds, seed)
+    image_fold, gaps, proven = assign_folds(presence, units, folds, seed)
     out.mkdir(parents=True, exist_ok=True)
     for stale in existing:
         stale.unlink()
@@ -172,7 +265,8 @@ def make_folds(root: str | Path, ann: str | Path, folds: int, out: str | Path, s
         train, val = split_coco(coco, image_fold, k)
         _write_json(out / FOLD_FILE.format(fold=k, side="train"), train)
         _write_json(out / FOLD_FILE.format(fold=k, side="val"), val)
-    return fold_table(coco, image_fold, folds)
+    table = fold_table(coco, image_fold, folds)
+    return f"{table}\n{gaps_line(gaps, proven, names, folds)}" if gaps else table
 
 
 def main(argv: list[str] | None = None) -> int:
