@@ -107,3 +107,39 @@ def test_synthetic_data_is_generated_on_first_use(tmp_path):
     dm.setup("test")
     assert (root / "train.json").is_file() and len(dm.dataset("test")) == 2
     assert "mask" not in next(iter(dm.test_dataloader()))
+
+
+# ---------------------------------------------------------------- shuffle order per (seed, epoch)
+
+class Sized:
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def shuffle_order(seed: int, epoch: int, n: int = 24, world: int = 1, rank: int = 0) -> list[int]:
+    from trashseg.data.samplers import SeededSampler
+
+    sampler = SeededSampler(Sized(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return [index for index, _ in sampler]
+
+
+def test_no_two_seed_epoch_pairs_share_a_shuffle_order():
+    # torch's DistributedSampler seeds with seed + epoch: seed 0's epoch 1 was seed 1's epoch 0
+    assert shuffle_order(0, 1) != shuffle_order(1, 0)
+    orders = {(seed, epoch): tuple(shuffle_order(seed, epoch)) for seed in range(4) for epoch in range(4)}
+    assert len(set(orders.values())) == 16
+    assert all(sorted(order) == list(range(24)) for order in orders.values())
+
+
+def test_shuffle_order_is_the_same_for_every_instance_and_shards_like_ddp():
+    assert shuffle_order(3, 2) == shuffle_order(3, 2)
+    whole = shuffle_order(3, 2, n=10)
+    shards = [shuffle_order(3, 2, n=10, world=3, rank=rank) for rank in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]  # 10 padded to 12 from the start of the list
+    padded = whole + whole[:2]
+    assert [shards[i % 3][i // 3] for i in range(12)] == padded  # rank r takes every 3rd from r
+    assert set().union(*map(set, shards)) == set(range(10))

@@ -2,7 +2,7 @@
 (seed, epoch, index) only, so order and augmentations do not depend on the number of DataLoader
 workers and a resumed run sees exactly the batches of an uninterrupted one.
 
-- `SeededSampler` (`data.sampler: shuffle`): every image once per epoch, shuffled.
+- `SeededSampler` (`data.sampler: shuffle`): every image once per epoch, shuffled by (seed, epoch).
 - `ClassBalancedSampler` (`data.sampler: class_balanced`): repeat-factor sampling as in LVIS
   (Gupta et al. 2019): with f(c) the fraction of training images that contain class c and t the
   `repeat_threshold`, r(c) = max(1, sqrt(t / f(c))); an image repeats r(image) = max over its
@@ -27,11 +27,25 @@ def item_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
     return int(np.random.SeedSequence(key).generate_state(1)[0] >> 1)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle of one epoch, a function of the pair (seed, epoch): torch's DistributedSampler
+    seeds with seed + epoch, which makes seed 0's epoch 1 seed 1's epoch 0."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 class SeededSampler(DistributedSampler):
-    """A shuffling DistributedSampler that hands each index with its own augmentation seed."""
+    """A shuffling DistributedSampler that hands each index with its own augmentation seed.
+    Sharded as DistributedSampler shards: every rank builds the same epoch list (padded from its
+    start to total_size, or cut to it with drop_last) and takes every num_replicas-th index."""
 
     def __iter__(self):
-        for index in super().__iter__():
+        n = len(self.dataset)
+        order = epoch_order(n, self.seed, self.epoch) if self.shuffle else np.arange(n)
+        if self.drop_last:
+            order = order[:self.total_size]
+        else:
+            order = np.resize(order, self.total_size)  # repeats from the start, as DistributedSampler pads
+        for index in order[self.rank: self.total_size: self.num_replicas].tolist():
             yield index, item_seed(self.seed, self.epoch, index)
 
 
@@ -74,7 +88,7 @@ class ClassBalancedSampler(DistributedSampler):
 
     def epoch_keys(self) -> np.ndarray:
         """total_size x 2 array of (index, copy), the whole epoch across all ranks."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, self.epoch])  # the pair, as the shuffle: no seed + epoch collision
         whole = np.floor(self.factors)
         counts = (whole + (rng.random(len(self.factors)) < self.factors - whole)).astype(np.int64)
         index = np.repeat(np.arange(len(counts)), counts)
