@@ -20,7 +20,7 @@ from .copy_paste import KEYS as COPY_PASTE_KEYS
 from .dataset import CocoSegmentationDataset
 from .kfold import fold_annotations
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
-from .samplers import SAMPLERS, ClassBalancedSampler, SeededSampler  # noqa: F401  (SeededSampler: public here since before)
+from .samplers import SAMPLERS, ClassBalancedSampler, SeededSampler, eval_batches  # noqa: F401  (SeededSampler: public here since before)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -69,7 +69,7 @@ class TrashDataModule(L.LightningDataModule):
     Samplers are ours, so the Trainer runs with `use_distributed_sampler=False`:
     train uses a seeded DistributedSampler even on one process (order and augmentations are a
     function of seed and epoch, which makes a resumed run see the same batches), val/test never pad,
-    so no sample is counted twice by the metric under DDP.
+    so no sample is counted twice by the metric under DDP, and batch only images of one size.
 
     `sampler`: `shuffle` (every image once per epoch) or `class_balanced` (LVIS repeat-factor
     sampling with `repeat_threshold`, see trashseg.data.samplers). `augment.copy_paste` turns on
@@ -199,17 +199,16 @@ class TrashDataModule(L.LightningDataModule):
         for split in splits.get(stage, ("train", "val", "test")):
             self.dataset(split)
 
-    def _loader(self, split: str, sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, split: str, **batching) -> DataLoader:
+        """`batching`: sampler, batch_size and drop_last, or a batch_sampler."""
         return DataLoader(
             self.dataset(split),
-            batch_size=batch_size,
-            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            drop_last=drop_last,
             collate_fn=pad_collate,
             worker_init_fn=_worker_init,
+            **batching,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -219,13 +218,15 @@ class TrashDataModule(L.LightningDataModule):
             sampler = ClassBalancedSampler(dataset, self.repeat_threshold, num_replicas=world, rank=rank, seed=self.seed)
         else:
             sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return self._loader("train", sampler, self.batch_size, self.drop_last)
+        return self._loader("train", sampler=sampler, batch_size=self.batch_size, drop_last=self.drop_last)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        """File order (a rank's shard of it under DDP), batched by image size: a prediction does
+        not depend on its batch mates' padding."""
         world, rank = _world()
         dataset = self.dataset(split)
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-        return self._loader(split, sampler, self.val_batch_size, drop_last=False)
+        return self._loader(split, batch_sampler=eval_batches(dataset, self.val_batch_size, sampler))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

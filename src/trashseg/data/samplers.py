@@ -1,4 +1,4 @@
-"""Training samplers: each yields (index, augmentation seed) keys, the seed a function of
+"""Samplers. Training samplers: each yields (index, augmentation seed) keys, the seed a function of
 (seed, epoch, index) only, so order and augmentations do not depend on the number of DataLoader
 workers and a resumed run sees exactly the batches of an uninterrupted one.
 
@@ -8,6 +8,9 @@ workers and a resumed run sees exactly the batches of an uninterrupted one.
   `repeat_threshold`, r(c) = max(1, sqrt(t / f(c))); an image repeats r(image) = max over its
   classes of r(c) times per epoch (the rarest class it holds decides), fractional parts rounded
   stochastically from (seed, epoch).
+
+Evaluation batches: `SameSizeBatchSampler` cuts a batch wherever the image size changes, so a
+prediction never depends on the images beside it in its batch (their padding would enter it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, ConcatDataset, Dataset, DistributedSampler, Sampler, SequentialSampler, Subset
 
 SAMPLERS = ("shuffle", "class_balanced")
 
@@ -104,3 +107,43 @@ class ClassBalancedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class SameSizeBatchSampler(BatchSampler):
+    """Batches of up to `batch_size` consecutive indices of `sampler`, a new one whenever the
+    size (`sizes[index]`, H x W) changes: no image is padded to a batch mate's size, and the
+    order is the sampler's exactly (a submission's rows and an OOF file's images stay in file
+    order). The idea of torchvision's detection GroupedBatchSampler, without its reordering."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, sizes: np.ndarray, drop_last: bool = False):
+        if drop_last:
+            raise ValueError("evaluation batches keep every image: drop_last must be False")
+        super().__init__(sampler, batch_size, drop_last)
+        self.sizes = np.asarray(sizes)
+
+    def __iter__(self):
+        batch: list[int] = []
+        for index in self.sampler:
+            if batch and (len(batch) == self.batch_size or (self.sizes[index] != self.sizes[batch[-1]]).any()):
+                yield batch
+                batch = []
+            batch.append(index)
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)  # sizes only, no image is read
+
+
+def image_sizes(dataset: Dataset) -> np.ndarray:
+    """n x 2 (H, W) of each item, from the annotation file's width/height (no image decoded);
+    a Subset's in its own order."""
+    if isinstance(dataset, Subset):
+        return image_sizes(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    return dataset.sizes
+
+
+def eval_batches(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None = None) -> SameSizeBatchSampler:
+    """Same-size batches of `dataset` in file order (or `sampler`'s, e.g. a rank's shard under DDP)."""
+    return SameSizeBatchSampler(sampler if sampler is not None else SequentialSampler(dataset), batch_size,
+                                image_sizes(dataset))

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from trashseg.data.datamodule import pad_collate
 from trashseg.data.dataset import CocoSegmentationDataset
 from trashseg.data.kfold import run_annotation
+from trashseg.data.samplers import eval_batches
 
 from .postprocess import postprocess
 from .predictor import Predictor
@@ -33,17 +34,18 @@ def build_dataset(cfg: dict, split: str, classes: list[str], data_root: Path | N
 
 def build_loader(cfg: dict, split: str, classes: list[str], data_root: Path | None = None, ann: str | Path | None = None,
                  batch_size: int = 4, num_workers: int = 2, device: str = "cpu", limit: int | None = None) -> DataLoader:
-    """A split's loader (see `build_dataset`); `limit` keeps the file's first images."""
+    """A split's loader (see `build_dataset`), in file order, batched by image size so that no
+    prediction depends on its batch mates' padding; `limit` keeps the file's first images."""
     dataset = build_dataset(cfg, split, classes, data_root, ann)
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=pad_collate,
-                      pin_memory=device == "cuda")
+    return DataLoader(dataset, batch_sampler=eval_batches(dataset, batch_size), num_workers=num_workers,
+                      collate_fn=pad_collate, pin_memory=device == "cuda")
 
 
 def predict_probs(predictor: Predictor, loader: DataLoader, desc: str = "predict") -> Iterator[tuple[dict, torch.Tensor]]:
-    """(batch item, C x h x w probabilities on the predictor's device) per image, cropped from
-    the padded batch to the image's original size."""
+    """(batch item, C x h x w probabilities on the predictor's device) per image, cropped to the
+    image's original size (a batch holds one size, but an eval transform may have padded it)."""
     for batch in tqdm(loader, desc=desc, unit="batch"):
         for i, probs in enumerate(predictor.probs_per_image(batch["image"], batch["orig_size"].tolist())):
             yield {k: v[i] for k, v in batch.items()}, probs
