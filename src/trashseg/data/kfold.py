@@ -112,7 +112,7 @@ def gaps_line(gaps: list[tuple[int, int]], proven: bool, names: list[str], folds
     why = ("no split can avoid it: their images hold each other's classes" if proven
            else "the repair's search gave up; try another --seed")
     return (f"warning: classes held by >= {folds} images/groups are missing: {missing} ({why}); "
-            "that fold's val IoU of them is NaN, the OOF score still counts them")
+            "that fold's val score has no ground truth of them, the OOF score (all folds) still has")
 
 
 def _spread_rare_classes(unit_fold: np.ndarray, unit_presence: np.ndarray, folds: int) -> tuple[list[tuple[int, int]], bool]:
@@ -179,7 +179,9 @@ def _search_cover(holds: np.ndarray, folds: int, unit_fold: np.ndarray,
     its current fold first) such that every fold has a holder of every class: (the assignment or
     None, whether the search was exhaustive, i.e. within `limit` steps)."""
     units = np.flatnonzero(holds.any(1))
-    units = units[np.argsort(holds[units].sum(1), kind="stable")[::-1]]  # the busiest first: pruning bites early
+    # holders of the rarest class first (then the busiest): the tight constraints prune early
+    rarest = np.where(holds[units] == 1, holds.sum(0), len(holds)).min(1)
+    units = units[np.lexsort((-holds[units].sum(1), rarest))]
     counts = np.zeros((folds, holds.shape[1]), dtype=np.int64)
     left = holds[units].sum(0)  # holders of each class not placed yet
     choice = [[int(unit_fold[u])] + [f for f in range(folds) if f != unit_fold[u]] for u in units]
