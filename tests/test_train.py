@@ -123,7 +123,7 @@ def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
 def test_schedule_is_sized_from_the_trainers_estimate(synthetic_root, tmp_path):
     """max_steps=9 with 6 batches an epoch: a one-epoch warm-up ends at step 6 (not 9 // max_epochs),
     then poly decays over the 3 steps left."""
-    cfg = config(synthetic_root, tmp_path, "trainer.max_epochs=-1", "+trainer.max_steps=9", "trainer.log_every_n_steps=1",
+    cfg = config(synthetic_root, tmp_path, "trainer.max_epochs=-1", "trainer.max_steps=9", "trainer.log_every_n_steps=1",
                  "scheduler.warmup_steps=0", "+scheduler.warmup_epochs=1", "model.encoder_depth=3",
                  "model.decoder.decoder_channels=[16,8,8]")
     run_dir = tmp_path / "runs" / "quickstart" / "steps"
@@ -135,13 +135,13 @@ def test_schedule_is_sized_from_the_trainers_estimate(synthetic_root, tmp_path):
 
 def test_unbounded_run_cannot_size_poly(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="scheduler poly needs the run's length.*trainer.max_time alone cannot size it"):
-        run_module.train(config(synthetic_root, tmp_path, "trainer.max_epochs=-1", "+trainer.max_time=00:00:10:00"),
+        run_module.train(config(synthetic_root, tmp_path, "trainer.max_epochs=-1", "trainer.max_time=00:00:10:00"),
                          tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_max_time_before_the_schedule_ends_is_one_warning(synthetic_root, tmp_path, caplog):
-    cfg = config(synthetic_root, tmp_path, "trainer.max_epochs=1000", "+trainer.max_time=00:00:00:03",
+    cfg = config(synthetic_root, tmp_path, "trainer.max_epochs=1000", "trainer.max_time=00:00:00:03",
                  "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]")
     with pytest.warns(UserWarning, match=r"trainer.max_time will stop this run at about step \d+ of the 6000 that the poly"):
         run_module.train(cfg, tmp_path / "runs" / "quickstart" / "timed")
@@ -173,7 +173,7 @@ def test_resume_restores_the_weight_average_exactly(synthetic_root, tmp_path, mo
     """2 epochs of 6 steps, validated (and checkpointed) every 3: killed at step 11 and resumed from the
     mid-epoch checkpoint of step 9, the run ends with the same training weights, average and averaging
     state as one never stopped (EMA: 9 updates before; SWA: epoch 1's average and BatchNorm statistics)."""
-    overrides = ["trainer.max_epochs=2", "+trainer.val_check_interval=0.5", "trainer.deterministic=true",
+    overrides = ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.deterministic=true",
                  "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", *averaging]
     straight = tmp_path / "runs" / "quickstart" / "straight"
     run_module.train(config(synthetic_root, tmp_path, *overrides), straight)

@@ -11,7 +11,7 @@ from faultlib import assert_loadable_run, assert_same_weights, explain, killed, 
 
 # 3 epochs of 6 steps, validated (and checkpointed) every 3 steps: mid-epoch checkpoints at steps
 # 3, 9, 15 and epoch-end ones at 6, 12, 18; metrics rows are stamped with the step before.
-SETUP = ("trainer.max_epochs=3", "+trainer.val_check_interval=0.5")
+SETUP = ("trainer.max_epochs=3", "trainer.val_check_interval=0.5")
 VALIDATIONS = [[0, 2], [0, 5], [1, 8], [1, 11], [2, 14], [2, 17]]
 
 

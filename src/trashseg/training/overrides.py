@@ -4,7 +4,9 @@ Hydra refuses `optimizer.lrr=1e-3` with a multi-line "Key 'lrr' is not in struct
 This composes the config that the group choices on the command line select (every combination
 of a group sweep) and names the unknown key with the closest existing ones. Additions (`+key`,
 `++key`), deletions (`~key`) and `hydra.*` keys are left to Hydra; so is anything this cannot
-compose (a missing experiment, a syntax error): Hydra's own message covers those.
+compose (a missing experiment, a syntax error): Hydra's own message covers those. An addition
+of a key the config already has (`+trainer.max_time=...` since the trainer configs name it) is one
+line saying to drop the `+`, instead of Hydra's "Could not append to config".
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def check_overrides(args: list[str], config_dir: Path, config_name: str = "train
              if o.type == OverrideType.ADD and (config_dir / o.key_or_group).is_dir() and not o.is_sweep_override()]
     values = [o for o in overrides if o.type == OverrideType.CHANGE and o.key_or_group not in groups
               and o.key_or_group.split(".")[0] != "hydra"]
+    additions = [o for o in overrides if o.type == OverrideType.ADD and not (config_dir / o.key_or_group).is_dir()
+                 and o.key_or_group.split(".")[0] != "hydra"]
     combinations = list(itertools.islice(
         itertools.product(*[[f"{o.key_or_group}={v}" for v in _values(o)] for o in choices]), MAX_COMBINATIONS + 1))
-    if not values or len(combinations) > MAX_COMBINATIONS:
+    if not (values or additions) or len(combinations) > MAX_COMBINATIONS:
         return None
     with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
         for selection in combinations:
@@ -83,4 +87,17 @@ def check_overrides(args: list[str], config_dir: Path, config_name: str = "train
                 if message:
                     chosen = f" with {' '.join(selection)}" if len(combinations) > 1 else ""
                     return message + f"{chosen} (to add a new key on purpose: +{override.input_line})"
+            for override in additions:
+                if _has(cfg, override.key_or_group):
+                    return (f"config key '{override.key_or_group}' exists already, so it cannot be added: "
+                            f"write {override.input_line.removeprefix('+')} (without the +)")
     return None
+
+
+def _has(cfg: DictConfig, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node[part]
+    return True
