@@ -109,7 +109,7 @@ def _cut_objects(dataset: CocoSegmentationDataset, labels: list[int], sink) -> t
     """Meta rows and crops (written to `sink` as they come, or returned) of every visible object."""
     wanted = set(labels)
     rows, chunks, offset = [], [], 0
-    for index in np.flatnonzero(dataset.label_presence[:, labels].any(1)):
+    for index in _source_images(dataset, labels):
         image = None
         semantic = dataset.mask(int(index))
         for label, object_mask in dataset.object_masks(int(index)):
@@ -173,11 +173,33 @@ def check_config(cfg: Mapping, classes: list[str]) -> dict:
     return out
 
 
+def _source_images(dataset: CocoSegmentationDataset, labels: list[int]) -> np.ndarray:
+    """Indices of the images the pool cuts objects from: those holding any of `labels`."""
+    return np.flatnonzero(dataset.label_presence[:, labels].any(1))
+
+
+def _image_identity(dataset: CocoSegmentationDataset, labels: list[int]) -> list:
+    """The image root and (file name, size, mtime_ns) of every source image: the crops' pixels come
+    from these files, which the masks' key (annotation bytes) does not cover. A missing file is None
+    here; building the pool then names it."""
+    files = []
+    for index in _source_images(dataset, labels):
+        name = str(dataset.file_names[index])
+        try:
+            stat = os.stat(dataset.image_root / name)
+            files.append([name, stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            files.append([name, None, None])
+    return [str(Path(dataset.image_root).resolve()), files]
+
+
 def pool_folder(dataset: CocoSegmentationDataset, labels: list[int]) -> Path | None:
-    """Beside the dataset's masks (whose cache key covers annotations, classes, overlap, crowd)."""
+    """Beside the dataset's masks (whose cache key covers annotations, classes, overlap, crowd), keyed
+    also by the image files the crops are cut from: a changed image, or another image root, builds anew."""
     if dataset.cache is None:
         return None
-    key = hashlib.sha256(json.dumps([POOL_VERSION, MIN_PIXELS, sorted(labels)]).encode()).hexdigest()[:12]
+    parts = [POOL_VERSION, MIN_PIXELS, sorted(labels), _image_identity(dataset, labels)]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     return dataset.cache.folder / f"copy_paste_{key}"
 
 
