@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trashseg.metric import SegmentationMetric, foreground_iou
+from trashseg.metric import SegmentationMetric, confusion_matrix, foreground_iou
 
 
 def numpy_reference(preds, target, n, ignore=255):
@@ -63,3 +63,26 @@ def test_foreground_iou_merges_the_object_classes():
     # found objects 3 + 5 + 0 + 4 = 12; union = all 110 pixels but the 90 Background-as-Background = 20
     assert foreground_iou(confusion).item() == pytest.approx(12 / 20)
     assert torch.isnan(foreground_iou(torch.tensor([[7, 0], [0, 0]])))  # no object anywhere
+
+
+def test_ignored_pixels_are_left_out_and_in_range_labels_counted():
+    # 3 classes; truth [[0, 2, 255], [1, 2, 255]], prediction [[0, 1, 7], [1, 2, 0]]: the two 255 pixels
+    # (whatever was predicted there) are not counted; (0,0), (2,1), (1,1), (2,2) are
+    confusion = confusion_matrix(torch.tensor([[0, 1, 7], [1, 2, 0]]), torch.tensor([[0, 2, 255], [1, 2, 255]]), 3)
+    assert confusion.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    only_ignored = confusion_matrix(torch.tensor([[1, 2]]), torch.tensor([[255, 255]]), 3)
+    assert only_ignored.tolist() == [[0, 0, 0]] * 3
+
+
+@pytest.mark.parametrize("preds, target, message", [
+    # flattened as truth * 3 + prediction: prediction 3 of truth 1 is 6, silently "truth 2, prediction 0"
+    ([[0, 3]], [[0, 1]], "prediction label 3 is outside 0..2 for 3 classes and is not the ignore index 255"),
+    ([[0, 0]], [[3, 0]], "truth label 3 is outside 0..2"),  # was a reshape error of 10 counts
+    ([[0, 0]], [[-1, 0]], "truth label -1 is outside 0..2"),  # was bincount's "non-negative" error
+])
+def test_labels_outside_the_classes_are_refused_in_one_line(preds, target, message):
+    with pytest.raises(ValueError, match=message) as err:
+        confusion_matrix(torch.tensor(preds), torch.tensor(target), 3)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=message):  # and through the metric the training loop uses
+        SegmentationMetric(3).update(torch.tensor([preds]), torch.tensor([target]))

@@ -16,9 +16,18 @@ from trashseg.data.classes import IGNORE_INDEX
 
 
 def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """C x C counts, rows = truth, columns = prediction; `ignore_index` pixels are left out."""
+    """C x C counts, rows = truth, columns = prediction; `ignore_index` pixels are left out. Any other
+    label outside [0, C) is refused: flattened, truth C would count as the next row's class 0."""
     keep = target != ignore_index
-    index = target[keep].long() * num_classes + preds[keep].long()
+    truth, pred = target[keep].long(), preds[keep].long()
+    if truth.numel():
+        low_t, high_t, low_p, high_p = torch.stack([truth.min(), truth.max(), pred.min(), pred.max()]).tolist()  # one sync
+        for what, value in (("truth", low_t), ("truth", high_t), ("prediction", low_p), ("prediction", high_p)):
+            if not 0 <= value < num_classes:
+                raise ValueError(f"confusion_matrix: {what} label {value} is outside 0..{num_classes - 1} for "
+                                 f"{num_classes} classes and is not the ignore index {ignore_index}; the masks and "
+                                 "predictions must use the same class list (data.classes) and ignore index")
+    index = truth * num_classes + pred
     return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
