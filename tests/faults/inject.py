@@ -65,8 +65,18 @@ def _cut_to_half(fd) -> None:
     os.ftruncate(fd, os.fstat(fd).st_size // 2)
 
 
+def as_from_a_terminal(sig) -> None:
+    """Ctrl-C reaches a program started from a terminal as KeyboardInterrupt. A process started in
+    the background of a shell without job control (`pytest ... &` in a script, CI) inherits SIGINT
+    ignored, and Python then installs no handler: the injected Ctrl-C was lost and the run went on
+    to its end with exit 0. Give this process the handler a terminal start gives it."""
+    if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def install() -> None:
     point, n, pattern, sig = _parse()
+    as_from_a_terminal(sig)
     if point == "step":
         from trashseg.training.module import SegmentationModule
 
