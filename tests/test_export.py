@@ -191,3 +191,23 @@ def test_flags_that_do_not_go_together_stop_before_any_work(trained, tmp_path, c
     assert "--quantize int8 needs --format onnx" in _one_line_error(capsys) and not out.exists()
     assert export(["--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "checkpoint not found" in _one_line_error(capsys) and not list(tmp_path.iterdir())
+
+
+def test_int8_file_keeps_the_fp32_output_shape_and_runs_odd_sizes_without_buffer_warnings(trained, tmp_path, capfd):
+    """quant_pre_process's shape inference named the output's dims after the padded input, so
+    onnxruntime planned padded buffers and warned on every size that is not a multiple of 32."""
+    import onnxruntime as ort
+
+    ckpt, _ = trained
+    out = tmp_path / "int8.onnx"
+    assert export(["--checkpoint", str(ckpt), "--out", str(out), "--dynamic-size", "--quantize", "int8",
+                   "--calibration-images", "2", "--check-images", "1", "--val-images", "0"]) == 0
+    capfd.readouterr()
+    options = ort.SessionOptions()
+    options.log_severity_level = 2  # warnings and worse reach stderr
+    session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 45, 70), dtype=np.uint8)
+    assert session.run(None, {"images": images})[0].shape == (2, 11, 45, 70)
+    assert "Shape mismatch" not in capfd.readouterr().err
+    (output,) = onnx.load(str(out)).graph.output
+    assert [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim] == ["batch", 11, "height", "width"]

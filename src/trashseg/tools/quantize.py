@@ -31,6 +31,23 @@ def _calibration_reader(images: Sequence[torch.Tensor]):
     return ImageReader()
 
 
+def _with_fp32_shapes(quantized: Path, fp32: Path) -> None:
+    """Gives the int8 file (in place) the fp32 graph's output types and no inferred shapes.
+
+    quant_pre_process's symbolic shape inference labels the crop after pad-to-stride with the
+    padded input's dims (`logits` became `Pad_75_o0__d2` x `Pad_75_o0__d3`), so onnxruntime
+    planned padded buffers and warned "Shape mismatch attempting to re-use buffer" on every image
+    whose sides are not multiples of the stride. The fp32 graph declares no inner shapes either:
+    onnxruntime infers its own when it loads the file."""
+    import onnx
+
+    model, declared = onnx.load(str(quantized)), {o.name: o.type for o in onnx.load(str(fp32)).graph.output}
+    for output in model.graph.output:
+        output.type.CopyFrom(declared[output.name])
+    del model.graph.value_info[:]
+    onnx.save(model, str(quantized))
+
+
 def quantize_int8(fp32: Path, images: Sequence[torch.Tensor], meta: dict[str, str], out: Path,
                   per_channel: bool = True, reduce_range: bool = False) -> None:
     """Writes the int8 model of the fp32 ONNX file `fp32` to `out` (atomically, with `meta`),
@@ -47,4 +64,5 @@ def quantize_int8(fp32: Path, images: Sequence[torch.Tensor], meta: dict[str, st
         quantize_static(str(prepared), str(quantized), _calibration_reader(images), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
+        _with_fp32_shapes(quantized, fp32)
         write_onnx(quantized, meta, out)
