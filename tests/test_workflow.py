@@ -1,5 +1,6 @@
 """The competition workflow: folds -> fold sweep -> OOF score -> fold ensemble -> pseudo-labels -> retraining."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -8,18 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 
 from trashseg.data import CocoSegmentationDataset
 from trashseg.data.check import check_dataset
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.data.kfold import _spread_rare_classes, make_folds, run_annotation
+from trashseg.data.kfold import main as kfold
 from trashseg.inference import Predictor, load_checkpoint
 from trashseg.inference.cli import main as inference
 from trashseg.inference.loop import build_dataset
 from trashseg.inference.oof import main as oof
 from trashseg.inference.pseudo import main as pseudo
 from trashseg.metric import confusion_matrix
+from trashseg.tools.export import main as export
 from trashseg.training import run as run_module
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -159,6 +163,85 @@ def test_oof_refuses_a_sweep_with_a_missing_or_unfinished_fold(sweep, tmp_path, 
     assert oof([str(partial), "--num-workers", "0"]) == 1
     err = capsys.readouterr().err
     assert "has no checkpoints/best.ckpt" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- fold records
+
+def test_a_fold_run_records_its_fold_files_in_config_and_checkpoint(sweep, pool):
+    for k in range(FOLDS):
+        saved = yaml.safe_load((sweep / str(k) / "config.yaml").read_text())["fold_record"]
+        ckpt = torch.load(sweep / str(k) / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
+        assert ckpt["hyper_parameters"]["cfg"]["fold_record"] == saved
+        for side in ("train", "val"):
+            path = pool / "folds" / f"fold{k}_{side}.json"
+            assert saved[side] == {"file": f"folds/fold{k}_{side}.json", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                   "images": len(read(path)["images"])}
+
+
+@pytest.fixture
+def regenerated(pool, tmp_path) -> Path:
+    """A copy of the pool whose folds were made again with another seed and --force, as kfold's
+    own refusal suggests, after the sweep trained on the first ones."""
+    root = tmp_path / "data"
+    shutil.copytree(pool, root)
+    assert kfold(["--root", str(root), "--ann", "train_all.json", "--folds", str(FOLDS), "--seed", "1", "--force"]) == 0
+    for side in ("train", "val"):
+        assert (root / "folds" / f"fold0_{side}.json").read_bytes() != (pool / "folds" / f"fold0_{side}.json").read_bytes()
+    return root
+
+
+def _refusal(capsys, name: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"{name} changed since" in err and "retrain fold 0" in err and "restore the fold files" in err, err
+    return err
+
+
+def test_every_consumer_refuses_a_fold_file_regenerated_since_training(sweep, pool, regenerated, tmp_path, capsys):
+    best = str(sweep / "0" / "checkpoints" / "best.ckpt")
+    common = ["--data-root", str(regenerated), "--num-workers", "0"]
+    assert oof([str(sweep), *common, "--out", str(tmp_path / "oof")]) == 1
+    _refusal(capsys, "fold0_val.json")
+    assert not (tmp_path / "oof").exists()
+    assert inference(["--checkpoint", best, "--split", "val", *common, "--out", str(tmp_path / "val.json")]) == 1
+    _refusal(capsys, "fold0_val.json")
+    assert pseudo(["--checkpoint", best, "--split", "val", *common, "--out", str(tmp_path / "pseudo.json")]) == 1
+    _refusal(capsys, "fold0_val.json")
+    assert export(["--checkpoint", best, "--data-root", str(regenerated), "--out", str(tmp_path / "m.onnx")]) == 1
+    _refusal(capsys, "fold0_val.json")
+    # calibration images come from the run's train file (check images here from a plain file)
+    assert export(["--checkpoint", best, "--data-root", str(regenerated), "--ann", "val.json", "--quantize", "int8",
+                   "--out", str(tmp_path / "m.onnx")]) == 1
+    _refusal(capsys, "fold0_train.json")
+    assert not (tmp_path / "val.json").exists() and not (tmp_path / "pseudo.json").exists() and not (tmp_path / "m.onnx").exists()
+    # the test split reads no fold file: still served
+    assert inference(["--checkpoint", best, "--split", "test", *common, "--out", str(tmp_path / "test.csv")]) == 0
+    # the fold files restored: the sweep scores again, without a warning
+    shutil.rmtree(regenerated / "folds")
+    shutil.copytree(pool / "folds", regenerated / "folds")
+    capsys.readouterr()
+    assert oof([str(sweep), *common, "--out", str(tmp_path / "oof")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_fold_run_without_a_record_scores_with_one_warning(sweep, pool, tmp_path, capsys):
+    old = tmp_path / "old_sweep"
+    shutil.copytree(sweep, old, ignore=shutil.ignore_patterns("oof"))
+    for k in range(FOLDS):  # as runs trained before fold files were recorded
+        config = old / str(k) / "config.yaml"
+        config.write_text(yaml.safe_dump({k2: v for k2, v in yaml.safe_load(config.read_text()).items() if k2 != "fold_record"},
+                                         sort_keys=False))
+        path = old / str(k) / "checkpoints" / "best.ckpt"
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        del ckpt["hyper_parameters"]["cfg"]["fold_record"]
+        torch.save(ckpt, path)
+    assert oof([str(old), "--num-workers", "0", "--out", str(tmp_path / "oof")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "fold runs 0, 1, 2" in warnings[0] and "could not be verified" in warnings[0]
+    assert inference(["--checkpoint", str(old / "0" / "checkpoints" / "best.ckpt"), "--split", "val", "--num-workers", "0",
+                      "--out", str(tmp_path / "val.json")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "fold0_val.json could not be verified" in warnings[0]
 
 
 def test_checkpoints_from_a_sweep_equals_naming_every_checkpoint(sweep, pool, tmp_path):

@@ -17,7 +17,7 @@ from trashseg.metric import SegmentationMetric, foreground_iou
 from trashseg.submission import SubmissionWriter, to_submission_size
 
 from .loop import build_loader, predict_labels
-from .options import add_data_args, add_model_args, load_predictor
+from .options import add_data_args, add_model_args, check_fold_files, load_predictor
 from .predictor import Predictor
 from .probs_store import ProbsWriter
 
@@ -113,6 +113,8 @@ def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_w
 
 def run(args: argparse.Namespace) -> str:
     models, classes, predictor = load_predictor(args)
+    if args.split == "val" and not args.ann:  # a fold run's own val file: the one it validated on?
+        check_fold_files(models[0], ("val",), args.data_root)
     loader = build_loader(models[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
                           args.num_workers, args.device)
     name = models[0].run_name

@@ -24,6 +24,7 @@ import torch
 
 from trashseg.cli import run_or_report
 from trashseg.data.classes import palette_for
+from trashseg.data.fold_record import verify_fold_file
 from trashseg.data.kfold import fold_annotations
 from trashseg.metric import confusion_matrix, iou_per_class, summarize
 
@@ -55,6 +56,16 @@ def fold_runs(sweep_dir: Path, data_root: Path | None = None) -> list[tuple[int,
         raise ValueError(f"{sweep_dir} has no run of fold {', '.join(map(str, missing))} of the {n_folds} in {folder}; "
                          f"the OOF score covers the whole pool only with every fold: {SPLIT_HINT}")
     return sorted(by_fold.items())
+
+
+def check_fold_records(runs: list[tuple[int, Path]], sweep_dir: Path, data_root: Path | None) -> None:
+    """Before any prediction: every run's val file must be the one it was trained beside (its
+    record in config.yaml, the same as in its checkpoint); one warning line for runs without a record."""
+    unverified = [run.name for _, run in runs if verify_fold_file(run_folder_config(run), "val", data_root, run)]
+    if unverified:
+        print(f"warning: fold runs {', '.join(unverified)} of {sweep_dir} record no fold files (trained before trashseg "
+              "recorded them), so their val files could not be verified as the ones they were trained beside; retrain "
+              "them to make the OOF score trustworthy", file=sys.stderr)
 
 
 @dataclass
@@ -154,6 +165,7 @@ def write_outputs(result: OOFResult, args: argparse.Namespace, out: Path) -> dic
 def oof(args: argparse.Namespace) -> str:
     check_post(args.post)
     runs = fold_runs(args.sweep_dir, args.data_root)
+    check_fold_records(runs, args.sweep_dir, args.data_root)
     classes = list(run_folder_config(runs[0][1])["data"]["classes"])
     n = len(classes)
     result = OOFResult(classes, torch.zeros(n, n, dtype=torch.long))

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import torch
 import yaml
+
+from trashseg.data.fold_record import verify_fold_file
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
 from .exported import LoadedExport, load_exported
@@ -102,3 +105,12 @@ def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint | Lo
     sources = [load_checkpoint(p) for p in checkpoint_paths(args)] + [load_exported(p) for p in args.model]
     classes = same_classes(sources)
     return sources, classes, Predictor(sources, args.weights, args.tta, args.scales, args.device, args.resize)
+
+
+def check_fold_files(source: LoadedCheckpoint | LoadedExport, sides: tuple[str, ...], data_root: Path | None) -> None:
+    """Before any work: refuses (one line) a fold file of `source`'s fold run that changed since
+    it trained, among the `sides` ("train", "val") about to be read; for a run trained before
+    fold files were recorded, prints one warning line and goes on."""
+    warnings = [w for side in sides if (w := verify_fold_file(source.cfg, side, data_root, source.path))]
+    if warnings:
+        print(warnings[0], file=sys.stderr)

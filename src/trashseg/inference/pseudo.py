@@ -29,7 +29,7 @@ from trashseg.data.coco import read_coco
 from trashseg.data.kfold import run_annotation
 
 from .loop import build_loader, predict_labels
-from .options import add_data_args, add_model_args, load_predictor
+from .options import add_data_args, add_model_args, check_fold_files, load_predictor
 
 
 def training_categories(cfg: dict, classes: list[str], data_root: Path | None) -> list[dict]:
@@ -69,6 +69,8 @@ def pseudo_label(args: argparse.Namespace) -> str:
         raise ValueError("--min-confidence and --min-image-confidence are probabilities between 0 and 1")
     checkpoints, classes, predictor = load_predictor(args)
     cfg = checkpoints[0].cfg
+    if args.split == "val" and not args.ann:  # labelling a fold run's val images: the ones it did not train on?
+        check_fold_files(checkpoints[0], ("val",), args.data_root)
     loader = build_loader(cfg, args.split, classes, args.data_root, args.ann, args.batch_size, args.num_workers, args.device)
     categories = training_categories(cfg, classes, args.data_root)
     source = read_coco(loader.dataset.ann_path)

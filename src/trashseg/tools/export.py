@@ -27,6 +27,7 @@ from trashseg.data.kfold import run_annotation
 from trashseg.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from trashseg.inference.exported import as_pixels, load_exported, metadata
 from trashseg.inference.loop import build_dataset, build_loader, predict_labels
+from trashseg.inference.options import check_fold_files
 from trashseg.inference.predictor import Net, Predictor
 from trashseg.metric import SegmentationMetric
 
@@ -114,6 +115,9 @@ def run(args: argparse.Namespace) -> str:
     check_args(args)
     ckpt = load_checkpoint(args.checkpoint)
     data = ckpt.cfg["data"]
+    # a fold run's own files: check and val images from its val file, calibration from its train file
+    sides = (() if args.ann else ("val",)) + (("train",) if args.quantize and not args.calibration_ann else ())
+    check_fold_files(ckpt, sides, args.data_root)
     check = sample_images(ckpt, args.data_root, args.ann, args.check_images, spread=False)
     size = None if args.dynamic_size or args.format == "torchscript" else tuple(args.size or check[0].shape[-2:])
     check = [resized(image, size) for image in check]

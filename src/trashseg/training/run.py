@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trashseg.checkpoint_file import read_checkpoint, run_config
 from trashseg.data.coco import read_coco
+from trashseg.data.fold_record import RECORD_KEY, record_folds
 
 from .averaging import build_averaging
 from .checkpoint_io import AtomicCheckpointIO
@@ -76,6 +77,26 @@ def check_schedule(cfg: dict) -> None:
     check_sizable(cfg["scheduler"], float("inf") if unbounded else 1.0, 1.0)
 
 
+def add_fold_record(plain: dict, saved: dict | None, ckpt: Path | None) -> None:
+    """A fold run's config records its fold files (hash, image count; see data.fold_record). A
+    resume keeps the record the run started with, and refuses fold files that changed since:
+    the rest of the run would train on other images than its first part."""
+    record = record_folds(plain["data"])
+    if saved is not None:
+        old = saved.get(RECORD_KEY)
+        if old is None or record is None:  # a run started before records: it stays unverified
+            record = old
+        else:
+            for side, entry in old.items():
+                if entry["sha256"] != record[side]["sha256"]:
+                    raise ValueError(
+                        f"resuming {ckpt}: {Path(plain['data']['root']) / entry['file']} changed since the run started "
+                        f"({entry['images']} images then, {record[side]['images']} now); restore the fold files it "
+                        "started on, or start a new run without resume=")
+    if record is not None:
+        plain[RECORD_KEY] = record
+
+
 def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     loggers = [MetricsHistory(run_dir)] if cfg["logger"]["csv"] else []
     wb = cfg["logger"]["wandb"]
@@ -118,6 +139,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if ckpt is not None:
         # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
         resumed = read_checkpoint(ckpt, mmap=True)
+        add_fold_record(plain, run_config(resumed, ckpt), ckpt)
         changed = check_resume_config(run_config(resumed, ckpt), plain, str(ckpt))
         resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
                   "changed": changed, "wandb_run_id": resumed.get("wandb_run_id")}
@@ -127,6 +149,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     elif used(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); continue it with "
                               "resume=auto (or resume=PATH), or give a new hydra.run.dir")
+    else:
+        add_fold_record(plain, None, None)
     check_annotations(plain["data"])
     L.seed_everything(cfg.seed, workers=True)
     datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
