@@ -20,6 +20,7 @@ from .copy_paste import KEYS as COPY_PASTE_KEYS
 from .dataset import CocoSegmentationDataset
 from .kfold import fold_annotations
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
+from .pseudo_marker import refuse_pseudo_labels_as_labels
 from .samplers import SAMPLERS, ClassBalancedSampler, SeededSampler, eval_batches  # noqa: F401  (SeededSampler: public here since before)
 
 
@@ -110,7 +111,8 @@ class TrashDataModule(L.LightningDataModule):
         self.num_classes = len(self.classes)
         self.anns = {"train": train_ann, "val": val_ann, "test": test_ann}
         self.fold, self.folds_dir = fold, folds_dir
-        self.extra_train = [self._extra_source(i, source) for i, source in enumerate(extra_train or [])]
+        self.extra_train = [refuse_pseudo_labels_as_labels(i, self._extra_source(i, source), self.root, crowd)
+                            for i, source in enumerate(extra_train or [])]
         if fold is not None:
             self.annotation_file("train")  # a bad fold index or missing fold file stops before any run folder exists
         self.dataset_kwargs = {"classes": self.classes, "overlap": overlap, "crowd": crowd, "cache_dir": cache_dir,

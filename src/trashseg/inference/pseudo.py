@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pycocotools import mask as mask_utils
 from trashseg.cli import run_or_report
 from trashseg.data.coco import read_coco
 from trashseg.data.kfold import run_annotation
+from trashseg.data.pseudo_marker import marked
 
 from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, check_fold_files, load_predictor
@@ -89,11 +91,12 @@ def pseudo_label(args: argparse.Namespace) -> str:
         images.append(image_entry[image_id])
         annotations += annotate(labels.astype(np.int64), confident, categories, image_id, len(annotations) + 1)
         unsure_pixels, pixels = unsure_pixels + int((~confident).sum()), pixels + confident.size
-    coco = {"info": {"description": "trashseg pseudo-labels; train with crowd: ignore (iscrowd regions = unconfident pixels)",
-                     "checkpoints": [str(c.path) for c in checkpoints], "tta": args.tta, "scales": args.scales,
-                     "resize": args.resize, "post": args.post,
-                     "min_confidence": args.min_confidence, "min_image_confidence": args.min_image_confidence,
-                     "source": str(loader.dataset.ann_path)},
+    info = {"description": "trashseg pseudo-labels; train with crowd: ignore (iscrowd regions = unconfident pixels)",
+            "checkpoints": [str(c.path) for c in checkpoints], "tta": args.tta, "scales": args.scales,
+            "resize": args.resize, "post": args.post,
+            "min_confidence": args.min_confidence, "min_image_confidence": args.min_image_confidence,
+            "source": str(loader.dataset.ann_path), "image_root": str(Path(loader.dataset.image_root).resolve())}
+    coco = {"info": marked(info),  # the data module refuses a marked file read without crowd: ignore
             "images": images, "annotations": annotations, "categories": categories}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
@@ -105,7 +108,21 @@ def pseudo_label(args: argparse.Namespace) -> str:
     return (f"wrote {args.out}: {len(images)} images ({skipped} left out under --min-image-confidence "
             f"{args.min_image_confidence}), {len(annotations)} annotations, {unsure_pixels / max(pixels, 1):.1%} of pixels "
             f"unconfident (ignored under crowd: ignore). Train on it with: python train.py -m experiment=recycle_pseudo "
-            f"data.fold=0,1,2,3,4 'data.extra_train=[{{ann:{args.out.resolve()},crowd:ignore}}]'")
+            f"data.fold=0,1,2,3,4 {extra_train_override(args.out, loader.dataset.image_root)}")
+
+
+def extra_train_override(pseudo_file: Path, image_root: Path) -> str:
+    """The Hydra override (shell-quoted) that trains on `pseudo_file` as an extra source: crowd
+    regions ignored, and its file names (copied from the labelled JSON) resolved against the
+    folder they are relative to, `image_root`. Without it a source inherits the main data's
+    images_relative_to, and with `ann` (TrashCan) looked for the images beside the pseudo file."""
+    ann, root = _hydra_quoted(pseudo_file.resolve()), _hydra_quoted(Path(image_root).resolve())
+    return shlex.quote(f"data.extra_train=[{{ann:{ann},root:{root},images_relative_to:root,crowd:ignore}}]")
+
+
+def _hydra_quoted(path: Path) -> str:
+    """A Hydra quoted string: paths with spaces, commas or brackets parse as one value."""
+    return '"' + str(path).replace('"', '\\"') + '"'
 
 
 def main(argv=None) -> int:
