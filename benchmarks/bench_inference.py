@@ -15,6 +15,7 @@ import yaml
 
 from trashseg.inference import LoadedCheckpoint, Predictor
 from trashseg.models import build_model
+from markdown_row import record
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -42,6 +43,9 @@ def main() -> None:
     none, hflip = (args.images / statistics.median(times[t]) for t in ("none", "hflip"))
     print(f"{args.model}, {args.size}x{args.size}, batch 1, {torch.get_num_threads()} CPU threads")
     print(f"no TTA {none:.2f} images/s, hflip {hflip:.2f} images/s: hflip costs {none / hflip:.2f}x")
+    # docs/results/inference.md (TTA cost): date | machine | command | model | no TTA | hflip | hflip costs
+    record([[f"{args.model} at {args.size} px, batch 1", f"{none:.2f} images/s", f"{hflip:.2f} images/s",
+             f"**{none / hflip:.2f}x**"]], threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

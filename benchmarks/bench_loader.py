@@ -21,6 +21,7 @@ import torch
 from pycocotools.coco import COCO
 
 from trashseg.data import CLASSES, CocoSegmentationDataset
+from markdown_row import record
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "recycle-sample"
 
@@ -89,6 +90,9 @@ def main() -> None:
     for name, ts in times.items():
         t = statistics.median(ts)
         print(f"{name:<18} {1000 * t / n:8.2f} {n / t:8.1f} {base / t:10.2f}x")
+    # docs/results/loader.md: date | machine | command | variant | items/s | vs baseline
+    record([[name, f"{n / statistics.median(ts):.1f}", f"{base / statistics.median(ts):.2f}x"] for name, ts in times.items()],
+           threads=1)
 
 
 if __name__ == "__main__":

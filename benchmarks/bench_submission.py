@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from trashseg.submission import SubmissionWriter
+from markdown_row import record
 
 
 def baseline(masks, names, path: Path) -> None:
@@ -52,6 +53,9 @@ def main() -> None:
     base, mine = statistics.median(times["baseline"]), statistics.median(times["ours"])
     print(f"{args.images} masks of 256x256, {size:.0f} MB CSV, identical content: {same}")
     print(f"baseline {base:.2f} s, ours {mine:.2f} s: {base / mine:.1f}x faster")
+    # docs/results/submission_csv.md: date | machine | command | masks | baseline | ours | speed-up | content
+    record([[f"{args.images} of 256x256", f"{base:.2f} s", f"{mine:.2f} s", f"**{base / mine:.1f}x**",
+             "identical" if same else "DIFFERENT"]])
 
 
 if __name__ == "__main__":
