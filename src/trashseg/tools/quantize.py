@@ -60,7 +60,19 @@ def quantize_int8(fp32: Path, images: Sequence[torch.Tensor], meta: dict[str, st
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         # shape inference and graph optimisation (batch-norm folding) first, as onnxruntime advises
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        before = set(Path.cwd().iterdir())
+        try:
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        except Exception as err:  # onnxruntime raises a bare Exception when symbolic inference gives up
+            if "symbolic shape inference" not in str(err):
+                raise
+            # ... after saving its half-inferred graph (and the weights beside it) into the working directory
+            for litter in set(Path.cwd().iterdir()) - before:
+                if litter.suffix in (".onnx", ".data") and litter.is_file():
+                    litter.unlink()
+            # TF-style "same" padding (EfficientNet-Lite) computes its pads from the input size at run
+            # time, which the symbolic pass cannot follow; ONNX's own shape inference still can.
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(quantized), _calibration_reader(images), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
