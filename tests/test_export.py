@@ -24,7 +24,10 @@ pytest.importorskip("onnxruntime")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ODD_SIZES = [(2, 45, 70), (1, 64, 33)]  # neither side a multiple of the model's stride (32)
-INT8_AGREEMENT_FLOOR = 0.97  # int8 rounding flips near-tie pixels only: 99.5-99.95% on the trained models of bench_export.py
+# int8 rounding flips near-tie pixels only: 99.5-99.95% of all pixels on the trained models of bench_export.py,
+# 96.0% on the test's barely trained 2-epoch model (many near-ties; 99.5% with another shuffle order)
+INT8_AGREEMENT_FLOOR = 0.95
+CLEAR_AGREEMENT_FLOOR = 0.99  # on the half of the pixels furthest from a tie
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +110,22 @@ def test_int8_agrees_with_fp32_above_the_floor(trained, synthetic_root, tmp_path
     params = sum(p.numel() for p in load_checkpoint(ckpt).model.parameters())
     assert model.quantization.startswith("int8") and out.stat().st_size < 0.4 * 4 * params  # int8: ~1 byte a weight
     # the agreement counted here, independently, on all 10 val images
+    # int8 rounding may flip near-tie pixels only: on the half of the pixels where fp32's two best
+    # logits are furthest apart the labels must agree (almost) everywhere, however flat the model is.
     reference, net = load_checkpoint(ckpt).net(), model.net()
     dataset = CocoSegmentationDataset(synthetic_root, "val.json", mode="test")
-    same = pixels = 0
+    agree, margin = [], []
     with torch.inference_mode():
         for i in range(len(dataset)):
             image = dataset[i]["image"][None]
-            same += int((reference(image).argmax(1) == net(image).argmax(1)).sum())
-            pixels += image.shape[-1] * image.shape[-2]
+            logits = reference(image)
+            top2 = logits.topk(2, dim=1).values
+            agree.append((logits.argmax(1) == net(image).argmax(1)).flatten())
+            margin.append((top2[:, 0] - top2[:, 1]).flatten())
+    agree, margin = torch.cat(agree), torch.cat(margin)
+    same, pixels = int(agree.sum()), agree.numel()
+    clear = margin > margin.median()
+    assert agree[clear].float().mean() > CLEAR_AGREEMENT_FLOOR, (float(agree[clear].float().mean()), same / pixels)
     assert same / pixels > INT8_AGREEMENT_FLOOR and printed > INT8_AGREEMENT_FLOOR
 
 

@@ -30,13 +30,29 @@ import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from .dataset import CocoSegmentationDataset
+
+
+class ObjectSource(Protocol):
+    """What the object pool is cut from (a CocoSegmentationDataset is one): the copy-paste module
+    needs these members only, so it never imports the dataset that uses it."""
+
+    classes: list[str]
+    ann_path: Path
+    label_presence: np.ndarray
+    file_names: np.ndarray
+    image_root: Path
+    cache: object | None
+
+    def mask(self, index: int) -> np.ndarray: ...
+
+    def object_masks(self, index: int): ...
+
+    def read_image(self, index: int): ...
 
 KEYS = ("p", "max_objects", "scale", "class_weights")
 POOL_VERSION = 1
@@ -81,7 +97,7 @@ class ObjectPool:
         return cls(meta, crops, folder)
 
     @classmethod
-    def build(cls, dataset: CocoSegmentationDataset, labels: list[int], folder: Path | None = None) -> ObjectPool:
+    def build(cls, dataset: ObjectSource, labels: list[int], folder: Path | None = None) -> ObjectPool:
         """Cut every object of `labels` out of the dataset; written under `folder` (atomically:
         a half-built pool is never read), else kept in memory."""
         if folder is None:
@@ -105,7 +121,7 @@ class ObjectPool:
         return cls.load(folder)
 
 
-def _cut_objects(dataset: CocoSegmentationDataset, labels: list[int], sink) -> tuple[np.ndarray, list[np.ndarray]]:
+def _cut_objects(dataset: ObjectSource, labels: list[int], sink) -> tuple[np.ndarray, list[np.ndarray]]:
     """Meta rows and crops (written to `sink` as they come, or returned) of every visible object."""
     wanted = set(labels)
     rows, chunks, offset = [], [], 0
@@ -173,12 +189,12 @@ def check_config(cfg: Mapping, classes: list[str]) -> dict:
     return out
 
 
-def _source_images(dataset: CocoSegmentationDataset, labels: list[int]) -> np.ndarray:
+def _source_images(dataset: ObjectSource, labels: list[int]) -> np.ndarray:
     """Indices of the images the pool cuts objects from: those holding any of `labels`."""
     return np.flatnonzero(dataset.label_presence[:, labels].any(1))
 
 
-def _image_identity(dataset: CocoSegmentationDataset, labels: list[int]) -> list:
+def _image_identity(dataset: ObjectSource, labels: list[int]) -> list:
     """The image root and (file name, size, mtime_ns) of every source image: the crops' pixels come
     from these files, which the masks' key (annotation bytes) does not cover. A missing file is None
     here; building the pool then names it."""
@@ -193,7 +209,7 @@ def _image_identity(dataset: CocoSegmentationDataset, labels: list[int]) -> list
     return [str(Path(dataset.image_root).resolve()), files]
 
 
-def pool_folder(dataset: CocoSegmentationDataset, labels: list[int]) -> Path | None:
+def pool_folder(dataset: ObjectSource, labels: list[int]) -> Path | None:
     """Beside the dataset's masks (whose cache key covers annotations, classes, overlap, crowd), keyed
     also by the image files the crops are cut from: a changed image, or another image root, builds anew."""
     if dataset.cache is None:
@@ -208,7 +224,7 @@ def pool_labels(cfg: Mapping, classes: list[str]) -> list[int]:
     return sorted(weights) if isinstance(weights, Mapping) else list(range(1, len(classes)))
 
 
-def load_or_build_pool(dataset: CocoSegmentationDataset, labels: list[int]) -> ObjectPool:
+def load_or_build_pool(dataset: ObjectSource, labels: list[int]) -> ObjectPool:
     folder = pool_folder(dataset, labels)
     if folder is not None and (folder / "meta.npy").is_file():
         return ObjectPool.load(folder)
@@ -218,28 +234,36 @@ def load_or_build_pool(dataset: CocoSegmentationDataset, labels: list[int]) -> O
 class CopyPaste:
     """`copy_paste(image, mask, seed)` pastes onto uint8 H x W x 3 `image` and H x W `mask` in place."""
 
-    def __init__(self, cfg: Mapping, dataset: CocoSegmentationDataset):
-        cfg = check_config(cfg, dataset.classes)
+    def __init__(self, cfg: Mapping, pool: ObjectPool, classes: list[str], source: Path):
+        """`cfg` checked by `check_config`; `pool` the objects to paste, cut from the annotation file
+        `source` (named in messages)."""
         self.p, self.max_objects, self.scale = cfg["p"], cfg["max_objects"], cfg["scale"]
-        self.pool = load_or_build_pool(dataset, pool_labels(cfg, dataset.classes))
+        self.pool = pool
         counts = {label: len(objects) for label, objects in self.pool.by_label.items()}
         weights = cfg["class_weights"]
         if isinstance(weights, Mapping):
-            missing = [dataset.classes[label] for label in weights if label not in counts]
+            missing = [classes[label] for label in weights if label not in counts]
             if missing and len(missing) < len(weights):
                 warnings.warn(f"augment.copy_paste: no object of {', '.join(missing)} (of {MIN_PIXELS}+ visible pixels) "
-                              f"in {dataset.ann_path.name} to paste; the other classes are pasted", stacklevel=3)
+                              f"in {Path(source).name} to paste; the other classes are pasted", stacklevel=4)
             rates = {label: weights[label] for label in counts}
         elif weights == "rarity":
             rates = {label: 1 / math.sqrt(n) for label, n in counts.items()}
         else:
             rates = {label: float(n) for label, n in counts.items()}
         if not rates:
-            raise ValueError(f"augment.copy_paste: {dataset.ann_path} holds no object of {MIN_PIXELS}+ visible pixels of "
-                             f"the classes to paste ({', '.join(dataset.classes[label] for label in pool_labels(cfg, dataset.classes))}); "
+            raise ValueError(f"augment.copy_paste: {source} holds no object of {MIN_PIXELS}+ visible pixels of "
+                             f"the classes to paste ({', '.join(classes[label] for label in pool_labels(cfg, classes))}); "
                              "name classes it has in class_weights")
         self.labels = np.array(sorted(rates))
         self.rates = np.array([rates[label] for label in self.labels]) / sum(rates.values())
+
+    @classmethod
+    def from_source(cls, cfg: Mapping, source: ObjectSource) -> CopyPaste:
+        """Check an `augment.copy_paste` mapping and load (or cut) the pool of `source`'s objects."""
+        cfg = check_config(cfg, source.classes)
+        pool = load_or_build_pool(source, pool_labels(cfg, source.classes))
+        return cls(cfg, pool, source.classes, source.ann_path)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> None:
         rng = np.random.default_rng([seed, _STREAM])

@@ -82,7 +82,7 @@ class CocoSegmentationDataset(Dataset):
             self._objects = self._pack_objects(per_image, only_uncached=self.cache is not None)
         if copy_paste is not None and mode != "train":
             raise ValueError(f"copy-paste is a training augmentation; {self.ann_path.name} is loaded in {mode} mode")
-        self.copy_paste = CopyPaste(copy_paste, self) if isinstance(copy_paste, Mapping) else copy_paste
+        self.copy_paste = CopyPaste.from_source(copy_paste, self) if isinstance(copy_paste, Mapping) else copy_paste
 
     def _index_images(self, images: list[dict]) -> None:
         self.ids = np.array([im["id"] for im in images], dtype=np.int64)

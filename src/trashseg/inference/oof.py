@@ -147,7 +147,7 @@ def markdown(report: dict, per_image: pd.DataFrame, n_worst: int) -> str:
 
 
 def write_outputs(result: OOFResult, args: argparse.Namespace, out: Path) -> dict:
-    from trashseg.tools.visualize import plot_confusion, plot_grid  # drawing lives with the tools
+    from trashseg.drawing import plot_confusion, plot_grid  # matplotlib only when pictures are drawn
 
     report = summary(result, args)
     per_image = pd.DataFrame(result.images).sort_values("mIoU", kind="stable", na_position="last")
