@@ -31,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from markdown_row import record
+
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 RECIPES = {
@@ -122,6 +124,7 @@ def main() -> None:
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
     print("\nper-class val IoU at each run's best validation:")
     print(pd.DataFrame(per_class).T.to_markdown(floatfmt=".3f"))
+    record([[f"{v:.4f}" if isinstance(v, float) else v for v in r.values()] for r in rows])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from trashseg.tools.export_graph import ExportGraph, export_onnx
 from trashseg.tools.model_card import zoo_model
 from trashseg.tools.quantize import quantize_int8
 
+from markdown_row import record
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "recycle-sample"
 
@@ -121,6 +123,7 @@ def main() -> int:
     import pandas as pd
 
     print(pd.DataFrame(rows).to_markdown(index=False))
+    record([list(r.values()) for r in rows], threads=torch.get_num_threads())
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return 0

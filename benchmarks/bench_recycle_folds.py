@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from markdown_row import record
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "recycle-sample"
 VARIANTS = {"ImageNet Lite0 (package)": [], "random init": ["model.pretrained=null"]}
@@ -84,6 +86,7 @@ def main() -> None:
                      "sweep wall min": minutes[name]})
     print(f"{FOLDS} folds of recycle-sample, {args.epochs} epochs per fold, {work}")
     print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3f"))
+    record([[f"{v:.3f}" if isinstance(v, float) else v for v in r.values()] for r in rows], threads=1)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from markdown_row import record
+
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 # The 180x240 CPU recipe the README's workflow figures were measured with (experiment=cpu_recipe until
@@ -79,6 +81,7 @@ def folds_and_oof(work: Path, budget: list[str], overrides: list[str]) -> None:
     print(f"OOF (CV) mIoU over all {report['images']} images: {report['cv']['mIoU']:.4f}; per-fold mean "
           f"{spread['mean']:.4f} +- {spread['std']:.4f}")
     print("OOF per-class IoU: " + ", ".join(f"{c} {report['cv'][f'IoU/{c}']:.3f}" for c in report["classes"]))
+    record([[f"CV mIoU {report['cv']['mIoU']:.4f}", " / ".join(f"{f['mIoU']:.4f}" for f in report["folds"]), f"{seconds / 60:.1f} min"]])
 
 
 def pseudo_round(work: Path, budget: list[str], overrides: list[str]) -> None:
@@ -96,6 +99,7 @@ def pseudo_round(work: Path, budget: list[str], overrides: list[str]) -> None:
         miou, step = best_val(run_dir)
         rows.append({"model": name, "steps": step + 1, "val mIoU (true labels)": miou})
     print(tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".4f"))
+    record([[r["model"], r["steps"], f"{r['val mIoU (true labels)']:.4f}"] for r in rows])
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from markdown_row import record
+
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 RESULTS = REPO / "benchmarks" / "results" / "cpu_recipe"
@@ -145,6 +147,7 @@ def main() -> None:
                   f"{seconds[name] / first:.2f}x the first row", flush=True)
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
+    new_rows = []
     for name in (names[int(r)] for r in picked):
         run_dir = RESULTS / time.strftime("%Y-%m-%d_%H-%M-%S")
         experiment, epochs, overrides = ROWS[name]
@@ -152,11 +155,14 @@ def main() -> None:
         seconds = train(run_dir, experiment, epochs, overrides)
         row = {"row": name, "base": experiment, "epochs": epochs, **best_row(run_dir / "metrics.csv"), "wall min": seconds / 60,
                "run_dir": str(run_dir.relative_to(REPO)), "overrides": overrides}
+        new_rows.append(row)
         with open(RESULTS / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{name}: val mIoU {row['val mIoU']:.3f}, {row['trash > 0.05']} trash classes > 0.05, "
               f"{seconds / 60:.1f} min", flush=True)
     print(table())
+    record([[names.index(r["row"]), r["row"], f"{r['val mIoU']:.3f}", r["steps"], r["trash > 0.05"], f"{r['wall min']:.1f}"]
+            for r in new_rows])
 
 
 if __name__ == "__main__":
