@@ -28,7 +28,7 @@ from markdown_row import record
 
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
-# The 180x240 CPU recipe the README's workflow figures were measured with (experiment=cpu_recipe until
+# The 180x240 CPU recipe the workflow figures (docs/results/workflow.md) were measured with (experiment=cpu_recipe until
 # 2026-12-01), each model for --epochs epochs (its poly schedule sized to them).
 RECIPE = ["experiment=cpu_recipe_180", "trainer.enable_progress_bar=false", "trainer.max_time=null", "data.num_workers=2"]
 

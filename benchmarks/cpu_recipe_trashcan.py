@@ -36,7 +36,7 @@ R10T = ["model=unet_resnet10t"]
 RECIPE = "experiment=cpu_recipe"
 PRE = "experiment=cpu_recipe_pretrained"  # Unet on ImageNet EfficientNet-Lite0 (installed package), 180x240
 # Each row: (experiment, epochs, overrides). Rows 0-7 are 500 steps of 180x240 crops; the quarter-scale
-# rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (README: their step costs).
+# rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (docs/results/cpu_recipe.md: their step costs).
 ROWS = {
     "ce, whole frames, constant lr": (TINY, 4, ["loss=ce", "scheduler=constant", *WHOLE_FRAMES]),  # trashcan_curve's levers
     "ce_dice, whole frames": (TINY, 4, ["loss=ce_dice", *WHOLE_FRAMES]),

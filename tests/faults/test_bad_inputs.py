@@ -1,5 +1,5 @@
 """Every bad file or input a user can hand trashseg stops with one line naming the file, the cause
-and the fix, before work is lost, and leaves no half-written file (README "Faults and bad inputs")."""
+and the fix, before work is lost, and leaves no half-written file (docs/faults.md)."""
 
 import errno
 import json

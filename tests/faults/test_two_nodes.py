@@ -1,5 +1,5 @@
 """Two local "nodes" (two train.py processes with NODE_RANK 0 and 1, gloo) train into one run
-folder, as README "Several machines" describes; their validation equals one process's on the
+folder, as docs/training.md "Several machines" describes; their validation equals one process's on the
 same weights, and only rank 0 wrote the folder's files."""
 
 import os
