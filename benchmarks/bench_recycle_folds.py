@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from coco_pool import write_pool
 from markdown_row import record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,17 +30,7 @@ FOLDS = 5
 
 def pool_json(out: Path) -> Path:
     """train.json + val.json in one COCO file (file names are already relative to the sample's root)."""
-    pool = {"images": [], "annotations": []}
-    for split in ("train", "val"):
-        coco = json.loads((SAMPLE / f"{split}.json").read_text())
-        pool.setdefault("categories", coco["categories"])
-        ids = {im["id"]: len(pool["images"]) + k for k, im in enumerate(coco["images"])}
-        pool["images"] += [{**im, "id": ids[im["id"]]} for im in coco["images"]]
-        pool["annotations"] += [{**a, "id": len(pool["annotations"]) + k + 1, "image_id": ids[a["image_id"]]}
-                                for k, a in enumerate(coco["annotations"])]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(pool))
-    return out
+    return write_pool([(SAMPLE / f"{split}.json", "") for split in ("train", "val")], out)
 
 
 def sweep(work: Path, name: str, overrides: list[str], epochs: int) -> subprocess.Popen:

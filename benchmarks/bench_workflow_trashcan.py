@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from coco_pool import write_pool
 from markdown_row import record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,19 +42,7 @@ def run(args: list[str]) -> float:
 
 def pool_json(out: Path) -> Path:
     """train + val in one COCO file, file names relative to the TrashCan root, ids made unique."""
-    pool = {"images": [], "annotations": []}
-    offset = 0
-    for split in ("train", "val"):
-        coco = json.loads((TRASHCAN / split / "annotations.json").read_text())
-        pool.setdefault("categories", coco["categories"])
-        ids = {im["id"]: im["id"] + offset for im in coco["images"]}
-        pool["images"] += [{**im, "id": ids[im["id"]], "file_name": f"{split}/{im['file_name']}"} for im in coco["images"]]
-        pool["annotations"] += [{**a, "id": len(pool["annotations"]) + k + 1, "image_id": ids[a["image_id"]]}
-                                for k, a in enumerate(coco["annotations"])]
-        offset = max(ids.values()) + 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(pool))
-    return out
+    return write_pool([(TRASHCAN / split / "annotations.json", f"{split}/") for split in ("train", "val")], out)
 
 
 def best_val(run_dir: Path) -> tuple[float, int]:
