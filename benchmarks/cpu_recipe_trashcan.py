@@ -75,6 +75,9 @@ ROWS = {
                                                                    "loss=ce_dice_balanced_mild"]),
     "pretrained, Lite2 encoder": (PRE, 3, ["model=unet_lite2"]),
     "pretrained, lr 2e-3": (PRE, 4, ["optimizer.lr=2.0e-3"]),
+    "pretrained, lr 2e-3 + EMA (decay 0.99)": (PRE, 4, ["optimizer.lr=2.0e-3", "averaging=ema", "averaging.decay=0.99"]),
+    "pretrained, batch 8 (1,000 steps, the same crops seen)": (PRE, 4, ["data.batch_size=8"]),
+    "pretrained, encoder frozen for the first 125 steps": (PRE, 4, ["freeze_encoder_steps=125"]),
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 

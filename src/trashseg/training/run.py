@@ -28,6 +28,7 @@ from trashseg.data.fold_record import RECORD_KEY, record_folds
 from .averaging import build_averaging
 from .checkpoint_io import AtomicCheckpointIO
 from .config_check import check_config
+from .encoder_warmup import FrozenEncoderWarmup
 from .history import MetricsHistory
 from .module import SegmentationModule
 from .optim import check_sizable
@@ -134,6 +135,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     plain = plain_config(cfg)
     check_schedule(plain)
     averaging = build_averaging(plain.get("averaging"), plain["trainer"].get("max_epochs"))
+    warmup = FrozenEncoderWarmup(plain["freeze_encoder_steps"]) if plain.get("freeze_encoder_steps") else None
     ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name)
     resume = None
     if ckpt is not None:
@@ -167,6 +169,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                  ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
     callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
     callbacks += [averaging] if averaging else []  # validation and checkpoints see the averaged weights
+    callbacks += [warmup] if warmup else []
     with process_flags_restored():
         trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
                             callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
