@@ -152,7 +152,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     new_rows = []
     for name in (names[int(r)] for r in picked):
-        run_dir = RESULTS / time.strftime("%Y-%m-%d_%H-%M-%S")
+        # the row in the name: rows started side by side in the same second get folders of their own
+        run_dir = RESULTS / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_row{names.index(name)}"
         experiment, epochs, overrides = ROWS[name]
         epochs, overrides = args.epochs or epochs, overrides + args.overrides
         seconds = train(run_dir, experiment, epochs, overrides)

@@ -208,3 +208,18 @@ def test_resume_accepts_options_added_since_the_checkpoint_when_off():
     assert check_resume_config(saved, off, "last.ckpt") == {}
     with pytest.raises(ValueError, match=r"optimizer\.layer_decay \(None -> 0\.9\)"):
         check_resume_config(saved, {**off, "optimizer": {**off["optimizer"], "layer_decay": 0.9}}, "last.ckpt")
+
+
+def test_a_run_folder_in_use_is_refused_in_one_line(synthetic_root, tmp_path):
+    """Two train.py started in the same second get the same time-stamped folder from Hydra: the second
+    stops before writing anything instead of interleaving its metrics and checkpoints with the first's."""
+    from trashseg.training.run_folder import RunFolderBusy, claimed
+
+    run_dir = tmp_path / "runs" / "quickstart" / "same-second"
+    with claimed(run_dir):  # the first run, still training
+        with pytest.raises(RunFolderBusy, match=r"in use by another train\.py .* own hydra\.run\.dir"):
+            run_module.train(config(synthetic_root, tmp_path), run_dir)
+        assert [p.name for p in run_dir.iterdir()] == [".train.lock"]
+    assert not run_dir.exists()  # the claim made the folder; left empty, it is removed with the lock
+    run_module.train(config(synthetic_root, tmp_path), run_dir)  # free again
+    assert (run_dir / "metrics.csv").is_file() and not (run_dir / ".train.lock").exists()

@@ -34,7 +34,7 @@ from .module import SegmentationModule
 from .optim import check_sizable
 from .resumable import ResumeMidEpoch, TrainingDataModule
 from .resume_check import check_resume_config
-from .run_folder import RunFolder, used
+from .run_folder import RunFolder, claimed, used
 from .schedule_horizon import ScheduleHorizon
 from .wandb_media import WandbMedia
 
@@ -153,28 +153,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                               "resume=auto (or resume=PATH), or give a new hydra.run.dir")
     else:
         add_fold_record(plain, None, None)
-    check_annotations(plain["data"])
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
-    module = SegmentationModule(plain)
+    with claimed(run_dir):
+        if resume is None and used(run_dir):  # a run that started and finished while this one set up
+            raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); give a new hydra.run.dir")
+        check_annotations(plain["data"])
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
+        module = SegmentationModule(plain)
 
-    loggers = build_loggers(plain, run_dir, resume.pop("wandb_run_id") if resume else None)
-    folder = run_dir / "checkpoints"
-    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
-                           auto_insert_metric_name=False)
-    # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
-    # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
-    last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-    callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume),
-                 ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
-    callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
-    callbacks += [averaging] if averaging else []  # validation and checkpoints see the averaged weights
-    callbacks += [warmup] if warmup else []
-    with process_flags_restored():
-        trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
-                            callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
-        wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-        if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
-            module.wandb_run_id = wandb_loggers[0].experiment.id
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+        loggers = build_loggers(plain, run_dir, resume.pop("wandb_run_id") if resume else None)
+        folder = run_dir / "checkpoints"
+        best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
+                               auto_insert_metric_name=False)
+        # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
+        # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
+        last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+        callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume),
+                     ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
+        callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
+        callbacks += [averaging] if averaging else []  # validation and checkpoints see the averaged weights
+        callbacks += [warmup] if warmup else []
+        with process_flags_restored():
+            trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=loggers or False,
+                                callbacks=callbacks, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
+            wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+            if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
+                module.wandb_run_id = wandb_loggers[0].experiment.id
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -7,11 +7,19 @@ processes of a DDP run (on one machine or several sharing the folder) never race
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import yaml
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+try:
+    import fcntl
+except ImportError:  # Windows: no claim; the used() check alone
+    fcntl = None
 
 from trashseg.atomic import remove_temps_in, write_text
 
@@ -19,6 +27,39 @@ from trashseg.atomic import remove_temps_in, write_text
 def used(run_dir: Path) -> bool:
     """Whether `run_dir` already holds a run (its config.yaml alone does not count)."""
     return (run_dir / "metrics.csv").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is training into the same run folder."""
+
+
+@contextmanager
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `run_dir` while this process trains into it. Two train.py started in
+    the same second get the same `${now:...}` folder from Hydra; without the lock both pass the
+    used() check and write into one folder (metrics.csv and checkpoints of two runs interleaved).
+    The lock is the kernel's (flock): a killed process releases it. On rank 0 only: the other
+    processes of a DDP run write nothing of their own there."""
+    if fcntl is None or rank_zero_only.rank != 0:
+        yield
+        return
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".train.lock"
+    handle = open(lock, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderBusy(f"{run_dir} is in use by another train.py (two runs started in the same second share "
+                            "Hydra's time-stamped folder); give each run its own hydra.run.dir") from None
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a setup error leaves no folder behind
 
 
 class RunFolder(L.Callback):
