@@ -223,3 +223,19 @@ def test_a_run_folder_in_use_is_refused_in_one_line(synthetic_root, tmp_path):
     assert not run_dir.exists()  # the claim made the folder; left empty, it is removed with the lock
     run_module.train(config(synthetic_root, tmp_path), run_dir)  # free again
     assert (run_dir / "metrics.csv").is_file() and not (run_dir / ".train.lock").exists()
+
+
+def test_only_the_first_node_claims_a_shared_run_folder(tmp_path, monkeypatch):
+    """Nodes launched by hand (NODE_RANK=1, no RANK or LOCAL_RANK yet) share rank 0's folder: a second
+    node that claimed it too would stop, and the first would wait for it forever (CI 2026-12-02)."""
+    from trashseg.training.run_folder import RunFolderBusy, claimed
+
+    run_dir = tmp_path / "shared"
+    with claimed(run_dir):  # node 0
+        monkeypatch.setenv("NODE_RANK", "1")
+        with claimed(run_dir):  # node 1 passes without a claim of its own
+            pass
+        monkeypatch.setenv("NODE_RANK", "0")
+        with pytest.raises(RunFolderBusy):
+            with claimed(run_dir):
+                pass

@@ -7,6 +7,7 @@ processes of a DDP run (on one machine or several sharing the folder) never race
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +40,10 @@ def claimed(run_dir: Path) -> Iterator[None]:
     the same second get the same `${now:...}` folder from Hydra; without the lock both pass the
     used() check and write into one folder (metrics.csv and checkpoints of two runs interleaved).
     The lock is the kernel's (flock): a killed process releases it. On rank 0 only: the other
-    processes of a DDP run write nothing of their own there."""
-    if fcntl is None or rank_zero_only.rank != 0:
+    processes of a DDP run write nothing of their own there. Before the Trainer exists the rank comes
+    from the environment: rank_zero_only reads RANK/LOCAL_RANK/SLURM_PROCID, but a node that Lightning
+    launches by hand (NODE_RANK=1, docs/training.md "Several machines") has none of them."""
+    if fcntl is None or rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
         yield
         return
     made = not run_dir.exists()
