@@ -8,7 +8,7 @@ import torch
 from trashseg.training import run as run_module
 from trashseg.training.encoder_warmup import FrozenEncoderWarmup, encoder_of
 from trashseg.training.module import SegmentationModule
-from test_train import _one_thread, config  # noqa: F401 (the autouse fixture applies here too)
+from test_train import _one_thread, config, straight_and_resumed  # noqa: F401 (the autouse fixture applies here too)
 
 SMALL = ["model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", "trainer.deterministic=true"]
 
@@ -65,31 +65,13 @@ def test_the_encoder_trains_after_its_steps(synthetic_root, tmp_path, watched):
     assert any(k.endswith("conv1.weight") for k in changed) and any(k.endswith("running_var") for k in changed)
 
 
-class Killed(Exception):
-    """Stands for a kill: the process ends where it is."""
-
-
 @pytest.mark.slow
 def test_resume_inside_the_frozen_steps_equals_an_uninterrupted_run(synthetic_root, tmp_path, monkeypatch):
     """6 steps, encoder frozen for the first 4, validated and checkpointed every 3: killed at step 5 and
     resumed from step 3's checkpoint (frozen), the run ends with the weights of one never stopped."""
     overrides = [*SMALL, "trainer.limit_train_batches=6", "trainer.val_check_interval=0.5", "freeze_encoder_steps=4"]
-    straight = tmp_path / "runs" / "quickstart" / "straight"
-    run_module.train(config(synthetic_root, tmp_path, *overrides), straight)
-
-    def kill_at_step_5(self, outputs, batch, batch_idx):
-        if self.global_step == 5:
-            raise Killed
-
-    stopped = tmp_path / "runs" / "quickstart" / "stopped"
-    with monkeypatch.context() as patch, pytest.raises(Killed):
-        patch.setattr(SegmentationModule, "on_train_batch_end", kill_at_step_5, raising=False)
-        run_module.train(config(synthetic_root, tmp_path, *overrides), stopped)
-    last = stopped / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 3
-    run_module.train(config(synthetic_root, tmp_path, *overrides, f"resume={last}"), tmp_path / "runs" / "unused")
-    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    b = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    a, b = (c["state_dict"] for c in straight_and_resumed(synthetic_root, tmp_path, monkeypatch, overrides,
+                                                           kill_step=5, checkpoint_step=3))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

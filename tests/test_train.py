@@ -165,6 +165,26 @@ class Killed(Exception):
     """Stands for a kill: the process ends where it is, with no checkpoint of its own."""
 
 
+def straight_and_resumed(synthetic_root, tmp_path, monkeypatch, overrides, kill_step, checkpoint_step):
+    """The last.ckpt of a run never stopped, and of the same run killed at `kill_step` and resumed from
+    its last checkpoint (written at `checkpoint_step`): what an exact resume must make equal."""
+    straight = tmp_path / "runs" / "quickstart" / "straight"
+    run_module.train(config(synthetic_root, tmp_path, *overrides), straight)
+
+    def kill(self, outputs, batch, batch_idx):
+        if self.global_step == kill_step:
+            raise Killed
+
+    stopped = tmp_path / "runs" / "quickstart" / "stopped"
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(SegmentationModule, "on_train_batch_end", kill, raising=False)
+        run_module.train(config(synthetic_root, tmp_path, *overrides), stopped)
+    last = stopped / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == checkpoint_step
+    run_module.train(config(synthetic_root, tmp_path, *overrides, f"resume={last}"), tmp_path / "runs" / "unused")
+    return [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True) for d in (straight, stopped)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("averaging", [["averaging=ema", "averaging.decay=0.5"],
                                        ["averaging=swa", "averaging.swa_epoch_start=1", "averaging.bn_batches=2"]],
@@ -175,23 +195,7 @@ def test_resume_restores_the_weight_average_exactly(synthetic_root, tmp_path, mo
     state as one never stopped (EMA: 9 updates before; SWA: epoch 1's average and BatchNorm statistics)."""
     overrides = ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.deterministic=true",
                  "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", *averaging]
-    straight = tmp_path / "runs" / "quickstart" / "straight"
-    run_module.train(config(synthetic_root, tmp_path, *overrides), straight)
-
-    def kill_at_step_11(self, outputs, batch, batch_idx):
-        if self.global_step == 11:
-            raise Killed
-
-    stopped = tmp_path / "runs" / "quickstart" / "stopped"
-    with monkeypatch.context() as patch, pytest.raises(Killed):
-        patch.setattr(SegmentationModule, "on_train_batch_end", kill_at_step_11, raising=False)
-        run_module.train(config(synthetic_root, tmp_path, *overrides), stopped)
-    last = stopped / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 9
-    run_module.train(config(synthetic_root, tmp_path, *overrides, f"resume={last}"), tmp_path / "runs" / "unused")
-
-    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(last, map_location="cpu", weights_only=True)
+    a, b = straight_and_resumed(synthetic_root, tmp_path, monkeypatch, overrides, kill_step=11, checkpoint_step=9)
     assert a["global_step"] == b["global_step"] == 12
     for key in ("state_dict", "current_model_state", "averaging_state"):  # the average, the weights, its counter
         assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
