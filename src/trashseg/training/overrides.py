@@ -4,7 +4,8 @@ Hydra refuses `optimizer.lrr=1e-3` with a multi-line "Key 'lrr' is not in struct
 This composes the config that the group choices on the command line select (every combination
 of a group sweep) and names the unknown key with the closest existing ones. Additions (`+key`,
 `++key`), deletions (`~key`) and `hydra.*` keys are left to Hydra; so is anything this cannot
-compose (a missing experiment, a syntax error): Hydra's own message covers those. An addition
+compose (a missing experiment, a syntax error): Hydra's own message covers those, as it does for
+its own groups and keys (`hydra/launcher=submitit_local`, `hydra.sweeper.n_trials=3`). An addition
 of a key the config already has (`+trainer.max_time=...` since the trainer configs name it) is one
 line saying to drop the `+`, instead of Hydra's "Could not append to config".
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +36,11 @@ def unknown_key_message(key: str, allowed: Iterable[str], where: str = "") -> st
     hint = (f"; did you mean {', '.join(where + c for c in close)}?" if close
             else f"; valid keys: {', '.join(allowed)}")
     return f"unknown config key '{where}{key}'{hint}"
+
+
+def _is_hydras(override: Override) -> bool:
+    """Hydra's own keys and groups (`hydra.sweeper.n_trials`, `hydra/launcher=submitit_local`): Hydra checks them."""
+    return re.split(r"[./]", override.key_or_group)[0] == "hydra"
 
 
 def _values(override: Override) -> list[str]:
@@ -69,9 +76,9 @@ def check_overrides(args: list[str], config_dir: Path, config_name: str = "train
     added = [f"+{o.key_or_group}={o.get_value_element_as_str()}" for o in overrides
              if o.type == OverrideType.ADD and (config_dir / o.key_or_group).is_dir() and not o.is_sweep_override()]
     values = [o for o in overrides if o.type == OverrideType.CHANGE and o.key_or_group not in groups
-              and o.key_or_group.split(".")[0] != "hydra"]
+              and not _is_hydras(o)]
     additions = [o for o in overrides if o.type == OverrideType.ADD and not (config_dir / o.key_or_group).is_dir()
-                 and o.key_or_group.split(".")[0] != "hydra"]
+                 and not _is_hydras(o)]
     combinations = list(itertools.islice(
         itertools.product(*[[f"{o.key_or_group}={v}" for v in _values(o)] for o in choices]), MAX_COMBINATIONS + 1))
     if not (values or additions) or len(combinations) > MAX_COMBINATIONS:
