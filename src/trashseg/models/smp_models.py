@@ -6,12 +6,17 @@ PSPNet, PAN, DeepLabV3, DeepLabV3Plus, UPerNet, Segformer, Linknet, MAnet), with
 timm model that takes it; `drop_path_rate`).
 
 `pretrained: imagenet` on `tu-tf_efficientnet_lite0/1/2` reads the weights an installed package
-ships (`packaged_weights`): no network; every other name downloads through smp / timm."""
+ships (`packaged_weights`): no network; every other name downloads through smp / timm.
+
+Encoder modules the forward never uses (an EfficientNet's classifier convolution, the stages past
+`encoder_depth`) are dropped once the weights are in (`unused`): every parameter left trains,
+as DDP requires."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import sys
 
 import segmentation_models_pytorch as smp
@@ -23,6 +28,7 @@ from .base import SegmentationModel
 from .packaged_weights import has_packaged_weights, load_packaged
 from .pretrained import check_pretrained, download, load_local
 from .registry import register
+from .unused import drop_unused
 
 # Architectures whose forward is smp's generic encoder -> decoder -> head.
 ARCHS = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "PAN", "DeepLabV3", "DeepLabV3Plus", "UPerNet", "Segformer",
@@ -32,8 +38,13 @@ ARCHS = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "PAN", "DeepLabV3", "DeepLabV3
 OWN_ARGUMENTS = {"self", "encoder_name", "encoder_depth", "encoder_weights", "in_channels", "classes", "activation",
                  "aux_params", "kwargs"}
 
+log = logging.getLogger("trashseg.models")
+
 # PAN's feature pyramid attention pools its deepest features three more times.
 EXTRA_STRIDE = {"PAN": 8}
+
+# The input that finds the encoder's unused modules: the smallest every encoder takes at full depth.
+PROBE_SIZE = 64
 
 
 def decoder_arguments(arch: str) -> list[str]:
@@ -111,6 +122,9 @@ def smp_model(
         net = build(None)
     if packaged:
         load_packaged(net.encoder.model, encoder_name[3:])
+    dropped = drop_unused(net.encoder, torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+    if dropped:
+        log.info("smp %s: dropped encoder modules its forward does not use: %s", encoder_name, ", ".join(dropped))
     model = SmpModel(net, arch)
     if pretrained not in (None, "imagenet"):
         load_local(model.encoder, pretrained)
