@@ -147,8 +147,8 @@ def test_cache_second_pass_reads_no_geometry_and_edit_invalidates(tiny, tmp_path
     (tiny / "ann.json").write_text(json.dumps(ann))
     edited = CocoSegmentationDataset(tiny, "ann.json", cache_dir=cache)
     assert edited[0]["mask"].max() == 1
-    # Another policy or class list is another cache entry too.
-    assert edited.cache.folder != CocoSegmentationDataset(tiny, "ann.json", overlap="class_max", cache_dir=cache).cache.folder
+    # only the edited image's entry changed (every dependency of the key: tests/test_mask_cache.py)
+    assert edited.mask_keys[0] != warm.mask_keys[0] and list(edited.mask_keys[1:]) == list(warm.mask_keys[1:])
 
 
 def test_transforms_from_config_keep_masks_nearest(tiny, tmp_path):
@@ -167,4 +167,5 @@ def test_cache_is_shared_by_workers(tiny, tmp_path):
     ds = CocoSegmentationDataset(tiny, "ann.json", cache_dir=tmp_path / "cache")
     batches = list(DataLoader(ds, batch_size=1, num_workers=2))
     assert len(batches) == 3
-    assert sorted(p.name for p in ds.cache.folder.glob("*.npy")) == ["100.npy", "3.npy", "7.npy"]
+    assert sorted(p.name for p in ds.cache.folder.rglob("*.npy.zlib")) == sorted(f"{key}.npy.zlib" for key in ds.mask_keys)
+    assert len(set(ds.mask_keys)) == 3

@@ -195,14 +195,14 @@ def test_pasted_object_lands_with_its_label_and_pixels_and_occludes(paste_root, 
 def test_pool_is_built_once_on_disk_and_shared(paste_root, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = CocoSegmentationDataset(paste_root, "ann.json", cache_dir=cache, copy_paste=ONLY_BATTERY)
-    assert len(first.copy_paste.pool) == 1 and isinstance(first.copy_paste.pool.crops, np.memmap)
+    assert len(first.copy_paste.pool) == 1 and all(isinstance(part, Path) for part in first.copy_paste.pool.parts)
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the pool was built again")
 
-    monkeypatch.setattr(copy_paste_module.ObjectPool, "build", no_rebuild)
+    monkeypatch.setattr(copy_paste_module, "_cut_objects", no_rebuild)
     again = CocoSegmentationDataset(paste_root, "ann.json", cache_dir=cache, copy_paste=ONLY_BATTERY)
-    assert again.copy_paste.pool.folder == first.copy_paste.pool.folder
+    assert again.copy_paste.pool.parts == first.copy_paste.pool.parts
     from torch.utils.data import DataLoader  # workers draw the same pastes as the main process
 
     keys = [(1, s) for s in range(4)]
@@ -210,12 +210,12 @@ def test_pool_is_built_once_on_disk_and_shared(paste_root, tmp_path, monkeypatch
     assert all(torch.equal(m, again[k]["mask"]) for m, k in zip(in_workers, keys))
 
 
-def test_pool_pickles_as_its_folder_for_spawned_workers(paste_root, tmp_path):
+def test_pool_pickles_as_its_file_names_for_spawned_workers(paste_root, tmp_path):
     import pickle
 
     ds = CocoSegmentationDataset(paste_root, "ann.json", cache_dir=tmp_path / "cache", copy_paste=ONLY_BATTERY)
     blob = pickle.dumps(ds.copy_paste.pool)
-    assert len(blob) < 1000  # the folder, not the crops
+    assert len(blob) < 1000  # the crops' file names, not the crops
     again = pickle.loads(blob)
     assert all(np.array_equal(a, b) for a, b in zip(again.crop(0), ds.copy_paste.pool.crop(0)))
 
@@ -297,7 +297,7 @@ def test_resume_with_copy_paste_and_class_balanced_sampling_gives_identical_weig
     # and the recipes were on: in the run's config, and the pool on disk beside the masks
     saved = yaml.safe_load((straight / "config.yaml").read_text())
     assert saved["data"]["sampler"] == "class_balanced" and saved["augment"]["copy_paste"]["p"] == 1.0
-    assert list(Path(os.environ["TRASHSEG_CACHE"]).glob("*/copy_paste_*/meta.npy"))
+    assert list(Path(os.environ["TRASHSEG_CACHE"]).glob("v2/objects/*/*.npy"))
 
 
 # ---------------------------------------------------------------- class-balanced sampling

@@ -1,64 +1,124 @@
-"""Rasterised masks on disk, shared across epochs, DataLoader workers and runs.
+"""Rasterised masks (and copy-paste object crops) on disk, shared across epochs, DataLoader
+workers, runs and annotation files.
 
-A cache folder is named by a hash of everything a mask depends on: the annotation file's
-bytes, the class list, the overlap policy, the crowd mode and this module's format version.
-Editing any of them selects a new folder, so a stale mask is never read.
+Entries are addressed by content: a mask's key hashes everything the mask depends on (its
+image's annotations in file order, the image size, the class list, the overlap policy, the crowd
+mode and this module's format version), never the file it was read from. train.json, val.json,
+train_all.json, every fold file and each pseudo-label round that repeat an image's annotations
+share one entry, and an edit of any input selects another: a stale mask is never read.
+
+A cache that cannot be written (a read-only folder, a full disk) never stops training: one
+warning line, entries already there are still read, the rest is rasterised each time, and no
+temporary file is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 1
+from trashseg.atomic import temp_path
+
+from .masks import SegObject
+
+CACHE_VERSION = 2  # 1: one folder per annotation file's bytes, .npy masks
 CACHE_ENV = "TRASHSEG_CACHE"
+# zlib at level 1: a label mask shrinks ~60x and inflates as fast as a .npy loads, well under a
+# JPEG decode (docs/results/disk.md); its checksum also turns a torn entry into a miss.
+ZLIB_LEVEL = 1
+_warned: set[Path] = set()  # one warning per folder and process, however many datasets share it
+
+
+class CacheWriteWarning(UserWarning):
+    """The cache folder cannot be written; training goes on without writing to it."""
 
 
 def default_cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "trashseg" / "masks"))
 
 
-def cache_key(ann_bytes: bytes, classes: Sequence[str], overlap: str, crowd: str) -> str:
-    digest = hashlib.sha256(ann_bytes)
-    digest.update(json.dumps([CACHE_VERSION, list(classes), overlap, crowd]).encode())
-    return digest.hexdigest()[:20]
+def mask_key(objects: Sequence[SegObject], height: int, width: int, classes: Sequence[str], overlap: str,
+             crowd: str) -> str:
+    """The hash of everything one image's mask depends on, and of nothing else (not its id, file
+    name or annotation file): every file holding the image with the same annotations shares it."""
+    content = [CACHE_VERSION, list(classes), overlap, crowd, int(height), int(width),
+               [[o.label, o.segmentation, o.iscrowd] for o in objects]]
+    # sort_keys: an RLE's {"size", "counts"} in either order is the same mask
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, mask, allow_pickle=False)
+    return zlib.compress(buffer.getbuffer(), ZLIB_LEVEL)
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False)
 
 
 class MaskCache:
-    """One `.npy` per image id inside the folder of one cache key; writes are atomic."""
+    """Entries under `<root>/v2/<kind>/<key[:2]>/<key><suffix>`, each written atomically."""
 
-    def __init__(self, root: str | Path, key: str, description: dict | None = None):
-        self.folder = Path(root) / key
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if description is not None and not (self.folder / "about.json").exists():
-            _atomic_write(self.folder / "about.json", json.dumps(description, indent=1).encode())
+    def __init__(self, root: str | Path):
+        self.folder = Path(root) / f"v{CACHE_VERSION}"
+        self.writable = True
+        try:  # a read-only or full disk shows here, once, before any DataLoader worker exists
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = temp_path(self.folder / "probe")
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            self._stop_writing(err)
 
-    def path(self, image_id: int) -> Path:
-        return self.folder / f"{image_id}.npy"
+    def path(self, kind: str, key: str, suffix: str) -> Path:
+        return self.folder / kind / key[:2] / f"{key}{suffix}"
 
-    def has(self, image_id: int) -> bool:
-        return self.path(image_id).exists()
+    def mask_path(self, key: str) -> Path:
+        return self.path("masks", key, ".npy.zlib")
 
-    def load(self, image_id: int) -> np.ndarray | None:
+    def has_mask(self, key: str) -> bool:
+        return self.mask_path(key).is_file()
+
+    def load_mask(self, key: str) -> np.ndarray | None:
         try:
-            return np.load(self.path(image_id), allow_pickle=False)
-        except (FileNotFoundError, ValueError, EOFError):  # absent, or another process is mid-write
+            return decode_mask(self.mask_path(key).read_bytes())
+        except (OSError, ValueError, EOFError, zlib.error):  # absent, unreadable, or torn by a crash
             return None
 
-    def save(self, image_id: int, mask: np.ndarray) -> None:
-        target = self.path(image_id)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, mask, allow_pickle=False)
-        os.replace(tmp, target)
+    def save_mask(self, key: str, mask: np.ndarray) -> None:
+        self.write(self.mask_path(key), encode_mask(mask))
 
+    def write(self, path: Path, data: bytes) -> bool:
+        """`data` to `path` through a temporary file renamed into place (no fsync: a torn entry is
+        only a miss). False, after one warning, if the cache cannot be written."""
+        if not self.writable:
+            return False
+        tmp = temp_path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return True
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            self._stop_writing(err)
+            return False
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    def _stop_writing(self, err: OSError) -> None:
+        self.writable = False
+        if self.folder not in _warned:
+            _warned.add(self.folder)
+            warnings.warn(f"mask cache {self.folder} cannot be written ({err.strerror or err}); training goes on "
+                          f"without writing to it: free space there, or set data.cache_dir (or ${CACHE_ENV}) to a "
+                          "writable folder, or data.cache_dir=false", CacheWriteWarning, stacklevel=3)

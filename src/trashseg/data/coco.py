@@ -28,7 +28,7 @@ def read_coco(ann_file: str | Path) -> dict:
 
 
 def parse_coco(raw: bytes, ann_file: str | Path) -> dict:
-    """`raw` is the file's bytes, which the mask cache also hashes."""
+    """The COCO dict of an annotation file's bytes `raw`; one line naming `ann_file` if it is not one."""
     try:
         coco = json.loads(raw)
     except json.JSONDecodeError as err:

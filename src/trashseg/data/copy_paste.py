@@ -12,21 +12,22 @@ Configured in the augment YAML (`augment.copy_paste`, e.g. configs/augment/copy_
                         # null: every class, at rates ~ its object count (objects drawn uniformly)
 
 The pool holds each object's VISIBLE pixels (its own mask minus what other objects cover under
-the dataset's overlap policy), so a pasted object never carries a neighbour's pixels. It is
-built once from the dataset's per-object masks and stored beside the mask cache as two flat
-files, memory-mapped: every DataLoader worker reads the same page-cache pages, nothing is
-copied per worker. Every random choice comes from the item's seed, which the training sampler
-derives from (seed, epoch, index): a resumed run pastes exactly what an uninterrupted one does.
+the dataset's overlap policy), so a pasted object never carries a neighbour's pixels. Its crops
+are cut once per image into the mask cache, keyed by that image's mask key and its file: every
+annotation file (train, train_all, each fold) and every choice of classes that holds the image
+shares the entry. An item reads only the few crops it pastes, from the page cache that every
+DataLoader worker shares. Every random choice comes from the item's seed, which the training
+sampler derives from (seed, epoch, index): a resumed run pastes exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .cache import MaskCache
 
 
 class ObjectSource(Protocol):
@@ -46,7 +48,8 @@ class ObjectSource(Protocol):
     label_presence: np.ndarray
     file_names: np.ndarray
     image_root: Path
-    cache: object | None
+    cache: MaskCache | None
+    mask_keys: np.ndarray | None
 
     def mask(self, index: int) -> np.ndarray: ...
 
@@ -54,99 +57,105 @@ class ObjectSource(Protocol):
 
     def read_image(self, index: int): ...
 
+
 KEYS = ("p", "max_objects", "scale", "class_weights")
-POOL_VERSION = 1
+POOL_VERSION = 2  # 1: one crops file per annotation file and class selection
 MIN_PIXELS = 16  # smaller visible remnants (a sliver under an occluder) would paste as noise
 _STREAM = 0x0C0B1E  # decorrelates copy-paste draws from albumentations', which use the same item seed
+_ROW = ("label", "offset", "height", "width")  # an object of one image's crops
 
 
 class ObjectPool:
-    """Objects as RGB + 0/1 alpha crops: `meta` rows (label, source image, offset, height, width)
-    into one flat uint8 buffer of `crops`."""
+    """Objects as RGB + 0/1 alpha crops: `meta` rows (label, source image, part, offset, height,
+    width) into `parts`, each one image's crops as a flat uint8 buffer: a file of the cache, or an
+    array when there is no cache (or it cannot be written)."""
 
-    META_COLUMNS = 5
-
-    def __init__(self, meta: np.ndarray, crops: np.ndarray, folder: Path | None = None):
-        self.meta, self.crops, self.folder = meta, crops, folder
+    def __init__(self, meta: np.ndarray, parts: list[Path | np.ndarray]):
+        self.meta, self.parts = meta, parts
         self.by_label = {int(label): np.flatnonzero(meta[:, 0] == label) for label in np.unique(meta[:, 0])}
 
     def __len__(self) -> int:
         return len(self.meta)
 
     def crop(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb h x w x 3, alpha h x w of 0/1) of object k, views into the buffer (read-only)."""
-        _, _, offset, height, width = (int(v) for v in self.meta[k])
-        rgba = self.crops[offset: offset + height * width * 4].reshape(height, width, 4)
+        """(rgb h x w x 3, alpha h x w of 0/1) of object k."""
+        _, _, part, offset, height, width = (int(v) for v in self.meta[k])
+        source, size = self.parts[part], height * width * 4
+        flat = source[offset: offset + size] if isinstance(source, np.ndarray) else \
+            np.fromfile(source, np.uint8, count=size, offset=offset)
+        rgba = flat.reshape(height, width, 4)
         return rgba[..., :3], rgba[..., 3]
 
-    def __getstate__(self) -> dict:
-        # Spawned workers: reopen the files instead of pickling the whole buffer.
-        if self.folder is not None:
-            return {"folder": self.folder}
-        return {"meta": self.meta, "crops": self.crops, "folder": None}
-
-    def __setstate__(self, state: dict) -> None:
-        if state["folder"] is not None:
-            state = vars(ObjectPool.load(state["folder"]))
-        self.__init__(state["meta"], state["crops"], state["folder"])
-
     @classmethod
-    def load(cls, folder: Path) -> ObjectPool:
-        meta = np.load(folder / "meta.npy")
-        crops = np.memmap(folder / "crops.bin", np.uint8, mode="r") if len(meta) else np.zeros(0, np.uint8)
-        return cls(meta, crops, folder)
+    def build(cls, dataset: ObjectSource, labels: list[int]) -> ObjectPool:
+        """Every object of `labels` in the dataset: each image's crops from the cache, else cut now
+        (and cached when the dataset has a writable cache)."""
+        wanted = set(labels)
+        rows, parts = [], []
+        for index in _source_images(dataset, labels):
+            part, objects = _image_crops(dataset, int(index), labels)
+            keep = [(label, int(index), len(parts), offset, h, w) for label, offset, h, w in objects if label in wanted]
+            if keep:
+                rows += keep
+                parts.append(part)
+        return cls(np.array(rows, np.int64).reshape(-1, 6), parts)
 
-    @classmethod
-    def build(cls, dataset: ObjectSource, labels: list[int], folder: Path | None = None) -> ObjectPool:
-        """Cut every object of `labels` out of the dataset; written under `folder` (atomically:
-        a half-built pool is never read), else kept in memory."""
-        if folder is None:
-            meta, chunks = _cut_objects(dataset, labels, sink=None)
-            crops = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-            return cls(meta, crops)
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+def _image_crops(dataset: ObjectSource, index: int, labels: list[int]) -> tuple[Path | np.ndarray, np.ndarray]:
+    """(the image's crops, their rows as in `_ROW`). With a cache, every label's objects are cut and
+    stored, so any class selection reuses the entry; the rows are written last, marking it whole."""
+    cache = dataset.cache
+    key = None if cache is None else _crops_key(dataset, index)
+    if key is None:
+        return _cut_objects(dataset, index, labels)
+    crops, rows = cache.path("objects", key, ".bin"), cache.path("objects", key, ".npy")
+    if crops.is_file():
         try:
-            with open(tmp / "crops.bin", "wb") as sink:
-                meta, _ = _cut_objects(dataset, labels, sink)
-            np.save(tmp / "meta.npy", meta)
-            (tmp / "about.json").write_text(json.dumps({"labels": labels, "objects": len(meta)}))
-            try:
-                os.rename(tmp, folder)
-            except OSError:  # another process (DDP rank, worker) finished it first: theirs is identical
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cls.load(folder)
+            return crops, np.load(rows, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # absent (the crops were being written), or torn by a crash
+            pass
+    flat, objects = _cut_objects(dataset, index, list(range(1, len(dataset.classes))))
+    buffer = io.BytesIO()
+    np.save(buffer, objects, allow_pickle=False)
+    if cache.write(crops, flat.tobytes()) and cache.write(rows, buffer.getvalue()):
+        return crops, objects
+    return flat, objects
 
 
-def _cut_objects(dataset: ObjectSource, labels: list[int], sink) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Meta rows and crops (written to `sink` as they come, or returned) of every visible object."""
+def _crops_key(dataset: ObjectSource, index: int) -> str | None:
+    """The crops depend on the image's mask (its key covers annotations, size, classes, overlap,
+    crowd) and on the image file's pixels, which no annotation covers: its path, size and time.
+    None for an image that cannot be read (cutting it then names the file)."""
+    path = Path(dataset.image_root) / str(dataset.file_names[index])
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    parts = [POOL_VERSION, MIN_PIXELS, str(dataset.mask_keys[index]), str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+def _cut_objects(dataset: ObjectSource, index: int, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat RGBA crops, rows as in `_ROW`) of the image's visible objects of `labels`."""
     wanted = set(labels)
-    rows, chunks, offset = [], [], 0
-    for index in _source_images(dataset, labels):
-        image = None
-        semantic = dataset.mask(int(index))
-        for label, object_mask in dataset.object_masks(int(index)):
-            if label not in wanted:
-                continue
-            visible = object_mask.astype(bool) & (semantic == label)
-            if visible.sum() < MIN_PIXELS:
-                continue
-            if image is None:
-                image = dataset.read_image(int(index)).permute(1, 2, 0).numpy()
-            ys, xs = np.nonzero(visible)
-            box = np.s_[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
-            rgba = np.concatenate([image[box], visible[box][..., None].astype(np.uint8)], axis=2)
-            flat = np.ascontiguousarray(rgba).ravel()
-            if sink is None:
-                chunks.append(flat)
-            else:
-                sink.write(flat.tobytes())
-            rows.append((label, index, offset, *rgba.shape[:2]))
-            offset += flat.size
-    return np.array(rows, np.int64).reshape(-1, ObjectPool.META_COLUMNS), chunks
+    rows, chunks, offset, image = [], [], 0, None
+    semantic = dataset.mask(index)
+    for label, object_mask in dataset.object_masks(index):
+        if label not in wanted:
+            continue
+        visible = object_mask.astype(bool) & (semantic == label)
+        if visible.sum() < MIN_PIXELS:
+            continue
+        if image is None:
+            image = dataset.read_image(index).permute(1, 2, 0).numpy()
+        ys, xs = np.nonzero(visible)
+        box = np.s_[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+        rgba = np.concatenate([image[box], visible[box][..., None].astype(np.uint8)], axis=2)
+        chunks.append(np.ascontiguousarray(rgba).ravel())
+        rows.append((label, offset, *rgba.shape[:2]))
+        offset += chunks[-1].size
+    flat = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    return flat, np.array(rows, np.int64).reshape(-1, len(_ROW))
 
 
 def _class_labels(names: Mapping, classes: list[str]) -> dict[int, float]:
@@ -194,41 +203,9 @@ def _source_images(dataset: ObjectSource, labels: list[int]) -> np.ndarray:
     return np.flatnonzero(dataset.label_presence[:, labels].any(1))
 
 
-def _image_identity(dataset: ObjectSource, labels: list[int]) -> list:
-    """The image root and (file name, size, mtime_ns) of every source image: the crops' pixels come
-    from these files, which the masks' key (annotation bytes) does not cover. A missing file is None
-    here; building the pool then names it."""
-    files = []
-    for index in _source_images(dataset, labels):
-        name = str(dataset.file_names[index])
-        try:
-            stat = os.stat(dataset.image_root / name)
-            files.append([name, stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            files.append([name, None, None])
-    return [str(Path(dataset.image_root).resolve()), files]
-
-
-def pool_folder(dataset: ObjectSource, labels: list[int]) -> Path | None:
-    """Beside the dataset's masks (whose cache key covers annotations, classes, overlap, crowd), keyed
-    also by the image files the crops are cut from: a changed image, or another image root, builds anew."""
-    if dataset.cache is None:
-        return None
-    parts = [POOL_VERSION, MIN_PIXELS, sorted(labels), _image_identity(dataset, labels)]
-    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
-    return dataset.cache.folder / f"copy_paste_{key}"
-
-
 def pool_labels(cfg: Mapping, classes: list[str]) -> list[int]:
     weights = cfg["class_weights"]
     return sorted(weights) if isinstance(weights, Mapping) else list(range(1, len(classes)))
-
-
-def load_or_build_pool(dataset: ObjectSource, labels: list[int]) -> ObjectPool:
-    folder = pool_folder(dataset, labels)
-    if folder is not None and (folder / "meta.npy").is_file():
-        return ObjectPool.load(folder)
-    return ObjectPool.build(dataset, labels, folder)
 
 
 class CopyPaste:
@@ -262,7 +239,7 @@ class CopyPaste:
     def from_source(cls, cfg: Mapping, source: ObjectSource) -> CopyPaste:
         """Check an `augment.copy_paste` mapping and load (or cut) the pool of `source`'s objects."""
         cfg = check_config(cfg, source.classes)
-        pool = load_or_build_pool(source, pool_labels(cfg, source.classes))
+        pool = ObjectPool.build(source, pool_labels(cfg, source.classes))
         return cls(cfg, pool, source.classes, source.ann_path)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .cache import MaskCache, cache_key, default_cache_root
+from .cache import MaskCache, default_cache_root, mask_key
 from .classes import CLASSES
 from .coco import label_map, parse_coco
 from .copy_paste import CopyPaste
@@ -62,23 +62,23 @@ class CocoSegmentationDataset(Dataset):
 
         if not self.ann_path.is_file():
             raise FileNotFoundError(f"annotation file not found: {self.ann_path} (check data.root and the *_ann keys)")
-        raw = self.ann_path.read_bytes()
-        coco = parse_coco(raw, self.ann_path)
+        coco = parse_coco(self.ann_path.read_bytes(), self.ann_path)
         self._index_images(coco["images"])
-        self.cache = None
+        self.cache: MaskCache | None = None
+        self.mask_keys: np.ndarray | None = None  # per image, what its cached mask is stored under
         self._objects: PackedList | None = None
         # Which classes each image holds (n_images x n_classes), from the annotations alone:
         # what class-balanced sampling and the copy-paste pool select images by.
         self.label_presence = np.zeros((len(self.ids), len(self.classes)), dtype=bool)
         if mode != "test":
-            if cache_dir is not False:
-                key = cache_key(raw, self.classes, overlap, crowd)
-                about = {"ann_file": str(self.ann_path.resolve()), "classes": self.classes, "overlap": overlap, "crowd": crowd}
-                self.cache = MaskCache(cache_dir or default_cache_root(), key, about)
             per_image = self._group_objects(coco)
             for i, objects in per_image.items():
                 labels = [o.label for o in objects if not (o.iscrowd and crowd == "ignore")]
                 self.label_presence[i, labels] = True
+            if cache_dir is not False:
+                self.cache = MaskCache(cache_dir or default_cache_root())
+                self.mask_keys = np.array([mask_key(per_image.get(i, []), height, width, self.classes, overlap, crowd)
+                                           for i, (height, width) in enumerate(self.sizes)])
             self._objects = self._pack_objects(per_image, only_uncached=self.cache is not None)
         if copy_paste is not None and mode != "train":
             raise ValueError(f"copy-paste is a training augmentation; {self.ann_path.name} is loaded in {mode} mode")
@@ -108,7 +108,7 @@ class CocoSegmentationDataset(Dataset):
 
     def _pack_objects(self, per_image: dict[int, list[SegObject]], only_uncached: bool) -> PackedList:
         """Per image its SegObjects; with a cache, only for images whose mask is not on disk yet."""
-        skip = {i for i, image_id in enumerate(self.ids) if only_uncached and self.cache.has(int(image_id))}
+        skip = {i for i, key in enumerate(self.mask_keys) if self.cache.has_mask(key)} if only_uncached else set()
         return PackedList(None if i in skip else per_image.get(i, []) for i in range(len(self.ids)))
 
     def __len__(self) -> int:
@@ -130,15 +130,14 @@ class CocoSegmentationDataset(Dataset):
 
     def mask(self, index: int) -> np.ndarray:
         """The semantic mask at the original size: from the cache, else rasterised (and cached)."""
-        image_id = int(self.ids[index])
         if self.cache is not None:
-            cached = self.cache.load(image_id)
+            cached = self.cache.load_mask(self.mask_keys[index])
             if cached is not None:
                 return cached
         height, width = self.sizes[index]
         mask = rasterize(self.objects(index), int(height), int(width), self.overlap, self.crowd)
         if self.cache is not None:
-            self.cache.save(image_id, mask)
+            self.cache.save_mask(self.mask_keys[index], mask)
         return mask
 
     def read_image(self, index: int) -> torch.Tensor:
