@@ -130,3 +130,55 @@ def test_two_process_ddp_trains_an_efficientnet_unetpp(synthetic_root, tmp_path)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     assert not any(k.startswith(("model.encoder._conv_head.", "model.encoder._bn1.")) for k in ckpt["state_dict"])
+
+
+class Killed(Exception):
+    """Stands for a kill: the process ends where it is."""
+
+
+@pytest.mark.slow
+def test_a_run_saved_before_the_drop_resumes_exactly(synthetic_root, tmp_path, monkeypatch):
+    """unet_tiny at encoder_depth 3 (its layer3 and layer4 unused) with AdamW in encoder, decoder and head
+    groups and their no-decay twins: saved at step 6 with those layers still in (their tensors and their
+    optimizer positions), killed at step 9, then resumed with them dropped, it ends on the weights and the
+    optimizer state of a run never stopped."""
+    from hydra import compose, initialize_config_dir
+
+    from trashseg.training import run as run_module
+    from trashseg.training.module import SegmentationModule
+
+    def config(*more):
+        overrides = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.batch_size=4",
+                     "data.val_batch_size=5", "trainer.enable_progress_bar=false", "trainer.max_epochs=2", "logger=csv",
+                     "trainer.deterministic=true", "trainer.num_sanity_val_steps=0", f"runs_dir={tmp_path / 'runs'}",
+                     "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", "optimizer=adamw_encoder_0.1",
+                     *more]
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+
+    straight, stopped = tmp_path / "runs" / "quickstart" / "straight", tmp_path / "runs" / "quickstart" / "stopped"
+    run_module.train(config(), straight)
+
+    def kill(self, outputs, batch, batch_idx):
+        if self.global_step == 9:
+            raise Killed
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr("trashseg.models.smp_models.drop_unused", lambda module, example: [])  # the code before
+        patch.setattr(SegmentationModule, "on_train_batch_end", kill, raising=False)
+        run_module.train(config(), stopped)
+    last = stopped / "checkpoints" / "last.ckpt"
+    old = torch.load(last, map_location="cpu", weights_only=True)
+    assert old["global_step"] == 6 and "model.encoder.layer4.0.conv1.weight" in old["state_dict"]
+    run_module.train(config(f"resume={last}"), tmp_path / "runs" / "unused")
+
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True) for d in (straight, stopped))
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert not any(".layer3." in k or ".layer4." in k for k in a["state_dict"])
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert [g["name"] for g in opt_a["param_groups"]] == [g["name"] for g in opt_b["param_groups"]]
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for i in opt_a["state"]:
+        assert all(torch.equal(opt_a["state"][i][k], opt_b["state"][i][k]) for k in opt_a["state"][i])

@@ -24,9 +24,11 @@ class Dropped(nn.Identity):
     """Stands where an unused submodule was: no parameters, the same slot (a ModuleList's indices keep
     their meaning), its input passed through (a forward that ran the module threw its output away)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, original: nn.Module):
         super().__init__()
         self.dropped_name = name
+        # What the original held, for optimizer state saved before it was dropped (`parameters_as_built`).
+        self.built_with = [(n, tuple(p.shape), p.requires_grad) for n, p in original.named_parameters()]
         # Checkpoints written before the module was dropped still hold its tensors: skip them.
         self.register_load_state_dict_pre_hook(_forget_own_keys)
 
@@ -37,6 +39,30 @@ class Dropped(nn.Identity):
 def _forget_own_keys(module, state_dict, prefix, *args) -> None:
     for key in [k for k in state_dict if k.startswith(prefix)]:
         del state_dict[key]
+
+
+def dropped_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, Dropped)]
+
+
+def parameters_as_built(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """`model.named_parameters()` as it was before any module was dropped, in the same order: the
+    dropped ones on the meta device (shapes, no memory)."""
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str):
+        if isinstance(module, Dropped):
+            for name, shape, trainable in module.built_with:
+                yield prefix + name, nn.Parameter(torch.empty(shape, device="meta"), requires_grad=trainable)
+            return
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) not in seen:  # shared parameters once, as named_parameters() gives them
+                seen.add(id(param))
+                yield prefix + name, param
+        for name, child in module.named_children():
+            yield from walk(child, f"{prefix}{name}.")
+
+    return list(walk(model, ""))
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -119,12 +145,12 @@ def drop_unused(module: nn.Module, example: torch.Tensor) -> list[str]:
                 return False
             return len(outputs) == len(reference) and all(torch.equal(a, b) for a, b in zip(outputs, reference))
 
-        originals = {name: _replace(module, name, Dropped(name)) for name in candidates}
+        originals = {name: _replace(module, name, Dropped(name, module.get_submodule(name))) for name in candidates}
         if not same():  # rare: find the ones that mattered, one at a time
             for name in candidates:
                 _replace(module, name, originals[name])
             for name in candidates:
-                _replace(module, name, Dropped(name))
+                _replace(module, name, Dropped(name, originals[name]))
                 if not same():
                     _replace(module, name, originals.pop(name))
             log.warning("kept modules whose parameters get no gradient but whose output matters: %s",

@@ -21,6 +21,7 @@ from trashseg.models import build_model
 from .distill import build_distillation
 from .losses import WeightedLoss
 from .optim import build_optimizer, build_scheduler
+from .optimizer_state import reindex_for_dropped_modules
 from .param_groups import groups_table
 
 
@@ -155,6 +156,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_rng = checkpoint.get("rng")
+        reindex_for_dropped_modules(checkpoint, self.model, self.cfg["optimizer"])  # a run saved before they were
         if self.unlabelled is not None:
             self.unlabelled.position = int(checkpoint.get(UNLABELLED_POSITION, 0))
 
