@@ -88,5 +88,27 @@ def multiplier(cfg: Mapping, total_steps: float, steps_per_epoch: float) -> Call
     return with_warmup
 
 
+def horizon_problem(cfg: Mapping, total_steps: float, steps_per_epoch: float, world_size: int = 1,
+                    images_per_step: int | None = None) -> str | None:
+    """One line when a warm-up or a step milestone lies past the run's end, or None. A recipe sized
+    on one GPU has 1/N of its optimizer steps on N GPUs (each step sees N times the images): its
+    warm-up may then never end, so the lr peaks below its target and never decays."""
+    if math.isinf(total_steps):
+        return None
+    where = (f" ({world_size} processes x {images_per_step // world_size} images = {images_per_step} a step)"
+             if images_per_step and world_size > 1 else "")
+    warmup = int(cfg.get("warmup_steps", 0) or 0) + int(cfg.get("warmup_epochs", 0) or 0) * steps_per_epoch
+    if warmup and warmup >= total_steps:
+        return (f"the lr warm-up ({warmup:g} steps) is longer than this run's {int(total_steps)} optimizer steps{where}: "
+                f"the lr peaks at {total_steps / warmup:.2f}x optimizer.lr and never decays; scale scheduler.warmup_steps "
+                "with the run's steps (docs/training.md, Several GPUs and clusters)")
+    milestones = {"step": [cfg.get("step_size_epochs")], "multistep": list(cfg.get("milestones_epochs") or [])}
+    late = [m for m in milestones.get(cfg["name"], []) if m and m * steps_per_epoch >= total_steps]
+    if late and not math.isinf(steps_per_epoch):
+        return (f"scheduler {cfg['name']} milestone(s) at epoch {', '.join(map(str, late))} lie past this run's end "
+                f"({int(total_steps)} optimizer steps, {int(steps_per_epoch)} an epoch{where}): the lr never drops there")
+    return None
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping, total_steps: float, steps_per_epoch: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier(cfg, total_steps, steps_per_epoch))
