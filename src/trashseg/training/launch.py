@@ -119,6 +119,9 @@ def place_job(trainer: dict, job: Job, gpus_visible: int, gpus_physical: int, ma
         # LOCAL_RANK, RANK, WORLD_SIZE, MASTER_ADDR/PORT: Lightning's LightningEnvironment then
         # starts no processes of its own. The GPU per rank stays Lightning's choice (devices below).
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        rank_zero_only.rank = job.rank  # it read RANK at import, before the export: the run folder's claim asks it
     if job.cluster != "local" or not job.multirun or trainer.get("accelerator") == "cpu":
         return trainer
     if gpus_physical > gpus_visible:
