@@ -35,6 +35,15 @@ R180 = "experiment=cpu_recipe_180"  # 128x128 object crops of 180x240 frames, fu
 R10T = ["model=unet_resnet10t"]
 RECIPE = "experiment=cpu_recipe"
 PRE = "experiment=cpu_recipe_pretrained"  # Unet on ImageNet EfficientNet-Lite0 (installed package), 180x240
+FAST = ["trainer.precision=bf16-mixed", "channels_last=true"]
+
+
+def scale(height: int, width: int, crop: int) -> list[str]:
+    """Overrides of the object-crop augment: frames resized to height x width, train crops of crop x crop."""
+    return [f"augment.{split}.0.params.{side}={size}" for split in ("train", "val") for side, size in
+            (("height", height), ("width", width))] + [f"augment.train.1.params.{side}={crop}" for side in ("height", "width")]
+
+
 # Each row: (experiment, epochs, overrides). Rows 0-7 are 500 steps of 180x240 crops; the quarter-scale
 # rows 2,000 steps of unet_tiny or 2,500-3,250 of the other models (docs/results/cpu_recipe.md: their step costs).
 ROWS = {
@@ -78,6 +87,11 @@ ROWS = {
     "pretrained, lr 2e-3 + EMA (decay 0.99)": (PRE, 4, ["optimizer.lr=2.0e-3", "averaging=ema", "averaging.decay=0.99"]),
     "pretrained, batch 8 (1,000 steps, the same crops seen)": (PRE, 4, ["data.batch_size=8"]),
     "pretrained, encoder frozen for the first 125 steps": (PRE, 4, ["freeze_encoder_steps=125"]),
+    # From here (rows 37-): the CPU path (docs/results/cpu_path.md). FAST is what 2026-12-04 measured to pay.
+    "pretrained, bf16 autocast + channels_last (same 500 steps)": (PRE, 4, FAST),
+    "pretrained, bf16 + channels_last at 240x320 (160x160 crops)": (PRE, 4, [*FAST, *scale(240, 320, 160)]),
+    "pretrained, bf16 + channels_last, 6 epochs (750 steps)": (PRE, 6, FAST),
+    "pretrained, fp32 at 240x320 (160x160 crops)": (PRE, 4, scale(240, 320, 160)),
 }
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from trashseg.checkpoint_file import load_network
 from trashseg.data.normalize import Normalize
+from trashseg.memory_format import channels_last_input, to_channels_last, wants_channels_last
 
 
 class TorchNet(nn.Module):
@@ -22,12 +23,14 @@ class TorchNet(nn.Module):
         self.model = model.eval()
         self.to(device)
         self.autocast = device.type == "cuda"
-        if self.autocast:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = wants_channels_last(cfg.get("channels_last"), device)  # as the run trained
+        if self.channels_last:
+            to_channels_last(self.model)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(pixels.device.type, enabled=self.autocast):
-            return self.model(self.normalize(pixels)).float()
+            x = self.normalize(pixels)
+            return self.model(channels_last_input(x) if self.channels_last else x).float()
 
 
 @dataclass

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from trashseg.data.classes import IGNORE_INDEX
 from trashseg.data.normalize import Normalize
+from trashseg.memory_format import channels_last_input, to_channels_last, wants_channels_last
 from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
 
@@ -56,14 +57,19 @@ class SegmentationModule(L.LightningModule):
         self.overlays_wanted = int(wandb_cfg.get("overlays") or 0) if wandb_cfg.get("enabled") else 0
         self.overlay_batch: dict | None = None
         self._resumed_rng: dict | None = None
+        self.channels_last = False  # decided in setup(), once the device is known
         # Teachers load here, before any run file is written: a bad path or class list stops the start.
         self.distiller, self.unlabelled = build_distillation(cfg, self.classes)
 
+    def setup(self, stage: str) -> None:
+        # Before the optimizer is built: weights and inputs share one memory format (trashseg.memory_format).
+        self.channels_last = wants_channels_last(self.cfg.get("channels_last"), self.trainer.strategy.root_device)
+        if self.channels_last:
+            to_channels_last(self.model)
+
     def forward(self, images: torch.Tensor):
         x = self.normalize(images)
-        if x.is_cuda:  # channels_last speeds up convolutions with cuDNN / tensor cores
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self.model(channels_last_input(x) if self.channels_last else x)
 
     def _loss(self, out, target: torch.Tensor) -> torch.Tensor:
         """The loss on labels (validation's too)."""

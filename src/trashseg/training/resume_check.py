@@ -16,7 +16,7 @@ import pandas as pd
 NOT_RECORDED = ("resume", "runs_dir")  # where the run was found, not how it trains
 # Dotted keys (or prefixes ending in ".") a resume may change.
 APPLIED_ON_RESUME = (
-    "resume", "runs_dir", "logger.",
+    "resume", "runs_dir", "logger.", "threads", "channels_last",
     "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
