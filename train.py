@@ -3,7 +3,7 @@
     python train.py experiment=quickstart
     python train.py experiment=fcn8s_vgg16 optimizer.lr=1e-3 trainer.max_epochs=30
     python train.py -m experiment=quickstart optimizer.lr=1e-3,3e-4      # one run folder each
-    python train.py experiment=quickstart resume=auto                    # continue the newest run
+    python train.py experiment=quickstart resume=auto                    # continue the newest matching run
 """
 
 import logging
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 HYDRA_FILES = {".hydra", "train.log"}
@@ -29,22 +30,49 @@ def one_console_per_line() -> None:
             lightning.removeHandler(handler)
 
 
+def run_dir_named(hydra_cfg) -> bool:
+    """Whether the command line named the run folder (hydra.run.dir; hydra.sweep.dir for a sweep's jobs)."""
+    key = "hydra.sweep.dir" if hydra_cfg.mode == RunMode.MULTIRUN else "hydra.run.dir"
+    return any(o.split("=", 1)[0].lstrip("+") == key for o in hydra_cfg.overrides.hydra)
+
+
+def remove_failed_start(run_dir: Path) -> None:
+    """A start that failed before training leaves no run folder: Hydra's files go, and so do the
+    parents it made for them (runs/<experiment>/) when nothing else is in them."""
+    if not (run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir())):
+        return
+    shutil.rmtree(run_dir)
+    here = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == here or here not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    # imported here, after Hydra set up logging: lightning imported earlier keeps a console of its own
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from trashseg.cli import USER_ERRORS, report
     from trashseg.models.pretrained import OfflineError
     from trashseg.training.module import NonFiniteLossError
     from trashseg.training.run import train
 
     one_console_per_line()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if "data=synthetic" in hydra_cfg.overrides.task and cfg.data.get("synthetic"):
+        cfg.data.synthetic.root = cfg.data.root  # asked for by name: generated wherever data.root points
     try:
-        metrics = train(cfg, run_dir)
-    except (*USER_ERRORS, NonFiniteLossError, OfflineError) as err:  # ConfigError is a ValueError
-        report(err)
-        if run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir()):
-            shutil.rmtree(run_dir)  # only Hydra's log of this failed start: no run to keep
+        metrics = train(cfg, run_dir, run_dir_named=run_dir_named(hydra_cfg))
+    except (*USER_ERRORS, NonFiniteLossError, OfflineError, MisconfigurationException) as err:
+        report(err)  # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
+        remove_failed_start(run_dir)
         sys.exit(2)
+    except BaseException:
+        remove_failed_start(run_dir)  # a traceback, but no empty run folder left behind
+        raise
     return metrics.get("val/mIoU", float("nan"))  # for Hydra sweepers
 
 

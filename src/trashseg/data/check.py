@@ -21,6 +21,7 @@ from pathlib import Path
 from .classes import CLASSES
 from .coco import UnknownCategoryError, is_degenerate_polygon, label_map, read_coco
 from .image_io import read_rgb
+from .synthetic import is_synthetic, synthetic_note
 
 SHOWN_PER_KIND = 10
 
@@ -30,6 +31,7 @@ class Report:
     images: int = 0
     annotations: int = 0
     instances: Counter = field(default_factory=Counter)
+    synthetic: bool = False  # written by trashseg.data.synthetic: not real data
     errors: dict[str, list[str]] = field(default_factory=dict)
     warnings: dict[str, list[str]] = field(default_factory=dict)
 
@@ -118,7 +120,8 @@ def check_dataset(root: str | Path, ann_file: str | Path, classes=CLASSES) -> Re
     root = Path(root)
     ann_path = root / ann_file
     coco = read_coco(ann_path)
-    report = Report(images=len(coco["images"]), annotations=len(coco.get("annotations") or []))
+    report = Report(images=len(coco["images"]), annotations=len(coco.get("annotations") or []),
+                    synthetic=is_synthetic(coco))
     check_annotations(coco, list(classes), report)
     check_images(coco, root, report)
     return report
@@ -126,6 +129,8 @@ def check_dataset(root: str | Path, ann_file: str | Path, classes=CLASSES) -> Re
 
 def format_report(report: Report, ann_path: Path, classes: list[str]) -> str:
     lines = [f"{ann_path}: {report.images} images, {report.annotations} annotations"]
+    if report.synthetic:
+        lines.append(synthetic_note(ann_path))
     if report.annotations:  # zeros shown too: a class missing from a split is worth seeing
         lines.append("instances: " + ", ".join(f"{name} {report.instances[name]}" for name in classes[1:]))
     for title, groups in (("ERROR", report.errors), ("warning", report.warnings)):

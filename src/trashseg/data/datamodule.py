@@ -10,6 +10,7 @@ import cv2
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info
 from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, DataLoader, default_collate
 
@@ -143,6 +144,30 @@ class TrashDataModule(L.LightningDataModule):
                 raise ValueError(f"augment.copy_paste: unknown keys {unknown}; it takes {', '.join(COPY_PASTE_KEYS)}")
         self.datasets: dict[str, CocoSegmentationDataset] = {}
 
+    @property
+    def generates_synthetic(self) -> bool:
+        """Whether prepare_data writes the synthetic dataset here: only where it was asked for, its
+        `synthetic.root` (the data root when the mapping names none); anywhere else a missing file
+        is an error, never fake data in the folder meant for real data."""
+        if not self.synthetic:
+            return False
+        return Path(self.synthetic.get("root") or self.root).resolve() == self.root.resolve()
+
+    def check_annotation_files(self) -> None:
+        """The train and val files exist, or prepare_data is about to generate them: a trainer calls
+        this before it makes a run folder, so a wrong data.root stops in one line with nothing written."""
+        if self.generates_synthetic:
+            return
+        for split in ("train", "val"):
+            path = self.root / self.annotation_file(split)
+            if not path.is_file():
+                where = "the folder does not exist" if not self.root.is_dir() else f"it holds no {path.name}"
+                hint = (f"; the synthetic dataset is generated only into {self.synthetic.get('root')} (or into "
+                        "data.root with data=synthetic on the command line)") if self.synthetic else ""
+                raise FileNotFoundError(
+                    f"annotation file not found: {path} (data.{split}_ann under data.root={self.root}: {where}); point "
+                    f"data.root at the folder holding your dataset's {path.name} (docs/data.md#layout){hint}")
+
     def _extra_source(self, i: int, source: Mapping) -> dict:
         """Checked now, before any run folder exists: known keys, and a file that holds labels."""
         unknown = sorted(set(source) - set(EXTRA_SOURCE_KEYS))
@@ -159,10 +184,11 @@ class TrashDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic dataset on first use and build the copy-paste pool (rank 0
         only, before setup: the other processes then load the pool from disk)."""
-        if self.synthetic and not (self.root / self.anns["train"]).exists():
+        if self.generates_synthetic and not (self.root / self.anns["train"]).exists():
             from .synthetic import generate_dataset
 
-            generate_dataset(self.root, **self.synthetic)
+            generate_dataset(self.root, **{k: v for k, v in self.synthetic.items() if k != "root"})
+            rank_zero_info(f"generated trashseg's synthetic dataset (shapes, not competition data) into {self.root}")
         if self.copy_paste is not None and self.dataset_kwargs["cache_dir"] is not False:
             self._main_train(copy_paste=self.copy_paste)
 

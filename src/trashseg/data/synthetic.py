@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -42,7 +43,22 @@ STYLES = {
     9: ((240, 200, 20), "bands", "bar"),
     10: ((30, 50, 160), "grid", "triangle"),
 }
+# COCO `info` of every file the generator writes: whatever reads one says it is not real data.
+MARKER = "trashseg_synthetic"
+DESCRIPTION = "trashseg synthetic dataset"  # files written before the marker carry only this
 CLASS_WEIGHTS = np.array([1.0, 1, 1, 1, 1, 1, 1, 1, 0.6, 0.6])  # Battery, Clothing rarer, as in the real data
+
+
+def is_synthetic(coco: Mapping) -> bool:
+    """Whether a parsed COCO file was written by this generator."""
+    info = coco.get("info") or {}
+    return bool(info.get(MARKER)) or str(info.get("description", "")).startswith(DESCRIPTION)
+
+
+def synthetic_note(path: str | Path) -> str:
+    """The one line a reader of a synthetic file prints."""
+    return (f"note: {path} is trashseg's synthetic dataset (generated shapes, not competition data); "
+            "a model or CSV made from it is not one for the leaderboard")
 
 
 def _texture(kind: str, base: tuple[int, int, int], size: int, rng: np.random.Generator) -> np.ndarray:
@@ -233,7 +249,7 @@ def _write_splits(root: Path, n_train: int, n_val: int, n_test: int, size: int, 
             splits[split]["annotations"].append(_annotation(ann_id, image_id, obj))
             ann_id += 1
     splits["train_all"] = {key: splits["train"][key] + splits["val"][key] for key in ("images", "annotations")}
-    info = {"description": f"trashseg synthetic dataset, seed {seed}", "version": "1.0"}
+    info = {"description": f"{DESCRIPTION}, seed {seed}", "version": "1.0", MARKER: True}
     for name, split in splits.items():
         coco = {"info": info, "images": split["images"], "annotations": split["annotations"], "categories": categories}
         (root / f"{name}.json").write_text(json.dumps(coco))

@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--out", type=Path, help="CSV (test) or JSON of metrics (val); default under submissions/")
+    p.add_argument("--out", type=Path, help="CSV (test) or JSON of metrics (val); default submissions/<run>.csv or "
+                   "submissions/<run>_val.json, <run> naming the first checkpoint's run (e.g. quickstart_<time>)")
     p.add_argument("--save-probs", type=Path, help="folder for per-image float16 probabilities (11 x 512 x 512 x 2 bytes "
                    "= 5.8 MB per image, 4.7 GB for 819 test images)")
     p.add_argument("--size", type=int, default=256, help="submission mask size")
@@ -111,14 +112,34 @@ def run_val(predictor, loader, classes: list[str], out: Path, size: int, probs_w
     return f"wrote {out}"
 
 
+def output_name(source) -> str:
+    """What a default output is named after: a checkpoint's run (runs/quickstart/<time>/checkpoints/
+    best.ckpt -> quickstart_<time>; a sweep's job, whose folder is its number, -> quickstart_<time>_0),
+    an exported file's stem."""
+    path = Path(source.path).resolve()
+    if path.suffix != ".ckpt":
+        return source.run_name
+    run = path.parent.parent
+    parts = [run.parent.name, run.name] if run.name.isdigit() else [run.name]
+    experiment = source.cfg.get("experiment_name")
+    if experiment and not parts[0].startswith(experiment):
+        parts.insert(0, experiment)
+    return "_".join(parts)
+
+
+def default_out(source, split: str) -> Path:
+    """Without --out: submissions/<name>.csv for test, submissions/<name>_val.json for val."""
+    name = output_name(source)
+    return Path("submissions") / (f"{name}.csv" if split == "test" else f"{name}_val.json")
+
+
 def run(args: argparse.Namespace) -> str:
     models, classes, predictor = load_predictor(args)
     if args.split == "val" and not args.ann:  # a fold run's own val file: the one it validated on?
         check_fold_files(models[0], ("val",), args.data_root)
     loader = build_loader(models[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
                           args.num_workers, args.device)
-    name = models[0].run_name
-    out = args.out or Path("submissions") / (f"{name}.csv" if args.split == "test" else f"{name}_val.json")
+    out = args.out or default_out(models[0], args.split)
     sources = [str(m.path) for m in models]
     # a failed run removes its half-written probabilities folder at once
     with ProbsWriter(args.save_probs, classes, sources) if args.save_probs else contextlib.nullcontext() as probs_writer:

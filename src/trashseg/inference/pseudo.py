@@ -4,6 +4,9 @@ resolution (never from the 256x256 CSV, whose upsampling mislabels every object 
     python -m trashseg.inference.pseudo --checkpoints-from runs/multirun/<exp>/<time> --tta hflip \
         --split test --out data/recycle/pseudo/test_pseudo.json --min-confidence 0.9
 
+It ends with the train.py command of the next round: the same experiment, overrides, data root
+and folds as the runs that made the labels, with the new file as an extra source.
+
 Per kept image, one annotation per predicted class (its confident pixels, compressed RLE) with
 the training JSON's category ids and names, plus one `iscrowd: 1` annotation over the pixels
 whose top probability is under `--min-confidence`: train with `crowd: ignore` (as the
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from trashseg.data.pseudo_marker import marked
 
 from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, check_fold_files, load_predictor
+from .round_command import next_round_command
 
 
 def training_categories(cfg: dict, classes: list[str], data_root: Path | None) -> list[dict]:
@@ -105,24 +108,10 @@ def pseudo_label(args: argparse.Namespace) -> str:
         os.replace(tmp, args.out)
     finally:
         tmp.unlink(missing_ok=True)
+    command = next_round_command(checkpoints, args.out, loader.dataset.image_root, args.data_root, args.checkpoints_from)
     return (f"wrote {args.out}: {len(images)} images ({skipped} left out under --min-image-confidence "
             f"{args.min_image_confidence}), {len(annotations)} annotations, {unsure_pixels / max(pixels, 1):.1%} of pixels "
-            f"unconfident (ignored under crowd: ignore). Train on it with: python train.py -m experiment=recycle_pseudo "
-            f"data.fold=0,1,2,3,4 {extra_train_override(args.out, loader.dataset.image_root)}")
-
-
-def extra_train_override(pseudo_file: Path, image_root: Path) -> str:
-    """The Hydra override (shell-quoted) that trains on `pseudo_file` as an extra source: crowd
-    regions ignored, and its file names (copied from the labelled JSON) resolved against the
-    folder they are relative to, `image_root`. Without it a source inherits the main data's
-    images_relative_to, and with `ann` (TrashCan) looked for the images beside the pseudo file."""
-    ann, root = _hydra_quoted(pseudo_file.resolve()), _hydra_quoted(Path(image_root).resolve())
-    return shlex.quote(f"data.extra_train=[{{ann:{ann},root:{root},images_relative_to:root,crowd:ignore}}]")
-
-
-def _hydra_quoted(path: Path) -> str:
-    """A Hydra quoted string: paths with spaces, commas or brackets parse as one value."""
-    return '"' + str(path).replace('"', '\\"') + '"'
+            f"unconfident (ignored under crowd: ignore). Train on it with: {command}")
 
 
 def main(argv=None) -> int:

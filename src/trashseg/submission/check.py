@@ -7,20 +7,28 @@ import json
 from pathlib import Path
 
 from trashseg.cli import USER_ERRORS, report
+from trashseg.data.synthetic import is_synthetic, synthetic_note
 
 from .csv_format import HEADER, SUBMISSION_SIZE
 
 MAX_FAULTS_SHOWN = 10
 
 
-def read_test_ids(test_json: str | Path) -> list[str]:
+def read_test_json(test_json: str | Path) -> dict:
+    """The parsed test.json, with its image list checked."""
     path = Path(test_json)
     if not path.is_file():
         raise FileNotFoundError(f"test JSON not found: {path} (--test-json takes the competition's test.json)")
     try:
-        return [im["file_name"] for im in json.loads(path.read_bytes())["images"]]
+        coco = json.loads(path.read_bytes())
+        [im["file_name"] for im in coco["images"]]  # every image names its file
     except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path} is not a COCO test.json with an 'images' list ({type(err).__name__}: {err})") from None
+    return coco
+
+
+def read_test_ids(test_json: str | Path) -> list[str]:
+    return [im["file_name"] for im in read_test_json(test_json)["images"]]
 
 
 def check_submission(csv_path: str | Path, test_json: str | Path, num_classes: int = 11,
@@ -74,5 +82,7 @@ def main(args) -> int:
         print(f"  {fault}")
     if len(faults) > MAX_FAULTS_SHOWN:
         print(f"  ... and {len(faults) - MAX_FAULTS_SHOWN} more")
+    if is_synthetic(read_test_json(args.test_json)):  # a valid file, but not for the leaderboard
+        print(synthetic_note(args.test_json))
     print(f"INVALID: {args.file}: {len(faults)} faults" if faults else f"OK: {args.file} is a valid submission")
     return 1 if faults else 0

@@ -6,8 +6,10 @@ precision, which per-tensor scales lose)."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +31,25 @@ def _calibration_reader(images: Sequence[torch.Tensor]):
             return None if image is None else {INPUT_NAME: image.numpy()}
 
     return ImageReader()
+
+
+class _UndecidedShapeNoise(logging.Filter):
+    """Drops symbolic shape inference's "Unable to determine if height <= Pad_52_o0__d2, treat as
+    equal": one warning per padded dimension of a dynamic-size graph, about symbols it cannot
+    compare; the fp32 output shapes are restored afterwards (_with_fp32_shapes) either way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unable to determine if")
+
+
+@contextmanager
+def _quiet_shape_inference() -> Iterator[None]:
+    logger, noise = logging.getLogger("onnxruntime.tools.symbolic_shape_infer"), _UndecidedShapeNoise()
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def _with_fp32_shapes(quantized: Path, fp32: Path) -> None:
@@ -62,7 +83,8 @@ def quantize_int8(fp32: Path, images: Sequence[torch.Tensor], meta: dict[str, st
         # shape inference and graph optimisation (batch-norm folding) first, as onnxruntime advises
         before = set(Path.cwd().iterdir())
         try:
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+            with _quiet_shape_inference():
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
         except Exception as err:  # onnxruntime raises a bare Exception when symbolic inference gives up
             if "symbolic shape inference" not in str(err):
                 raise

@@ -4,7 +4,9 @@ A resumed run restores the model, optimizer (its lr and state), scheduler and da
 the checkpoint, so most changed keys would not take effect while config.yaml said they had:
 those are refused, naming every one. Keys that only say how long, where or how fast to run are
 applied for real (the schedule is rebuilt from the Trainer's new estimate) and recorded in the
-run folder's resumes.yaml.
+run folder's resumes.yaml: the run's length (`trainer.max_epochs`, `max_steps`, `max_time`,
+`min_*`, `limit_train_batches`), its place (`data.root`, the cache, `runs_dir`) and its speed
+(devices, precision, loader workers, validation batch size), and logging.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ NOT_RECORDED = ("resume", "runs_dir")  # where the run was found, not how it tra
 APPLIED_ON_RESUME = (
     "resume", "runs_dir", "logger.", "threads", "channels_last",
     "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
+    "trainer.limit_train_batches",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "trainer.num_sanity_val_steps", "trainer.benchmark",
@@ -51,15 +54,24 @@ def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
             if not _same(old.get(k, missing), now.get(k, missing)) and not (k not in old and now[k] is None)}
 
 
+def refused_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
+    """The changes a resume of `saved` with `new` cannot apply (empty: `new` continues that run)."""
+    return {k: v for k, v in config_changes(saved, new).items() if k not in NOT_RECORDED and not _applied(k)}
+
+
+def listed_changes(changes: Mapping[str, tuple], shown: int = 6) -> str:
+    """`key (old -> new), ...` of the first `shown` changes, then how many more."""
+    listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(changes.items())[:shown])
+    return listed + (f" and {len(changes) - shown} more" if len(changes) > shown else "")
+
+
 def check_resume_config(saved: Mapping, new: Mapping, ckpt_name: str) -> dict[str, tuple]:
     """The changes a resume applies; a ValueError naming the ones it cannot."""
     changes = {k: v for k, v in config_changes(saved, new).items() if k not in NOT_RECORDED}
-    refused = {k: v for k, v in changes.items() if not _applied(k)}
+    refused = refused_changes(saved, new)
     if refused:
-        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(refused.items())[:6])
-        more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
         raise ValueError(
-            f"resuming {ckpt_name} with a different {listed}{more}: the checkpoint restores the model, optimizer and "
+            f"resuming {ckpt_name} with a different {listed_changes(refused)}: the checkpoint restores the model, optimizer and "
             "schedule, so this would not take effect; drop these overrides to resume, or start a new run without "
             "resume= to train with them")
     return changes

@@ -9,7 +9,6 @@ that `resume=auto` finishes as if it had never stopped.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +16,16 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from trashseg.checkpoint_file import read_checkpoint, run_config
 from trashseg.data.coco import read_coco
-from trashseg.data.fold_record import RECORD_KEY, record_folds
+from trashseg.data.fold_record import RECORD_KEY, file_record, record_folds
+from trashseg.data.synthetic import is_synthetic, synthetic_note
 
 from .averaging import build_averaging
 from .checkpoint_io import AtomicCheckpointIO
@@ -34,25 +36,20 @@ from .module import SegmentationModule
 from .optim import check_sizable
 from .resumable import ResumeMidEpoch, TrainingDataModule
 from .resume_check import check_resume_config
-from .run_folder import RunFolder, claimed, used
+from .resume_target import find_resume_checkpoint
+from .run_folder import RunFolder, claimed, continue_log_in, used
+from .run_summary import run_summary
 from .schedule_horizon import ScheduleHorizon
-from .threads import size_threads
 from .wandb_media import WandbMedia
 
 
-def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str) -> Path | None:
-    if not resume:
-        return None
-    if resume != "auto":
-        path = Path(resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"resume checkpoint not found: {path} (resume takes auto or a .ckpt path)")
-        return path
-    # A folder Hydra has just made holds no checkpoint; one given with hydra.run.dir may, and is then the newest.
-    candidates = list((runs_dir / experiment).glob("*/checkpoints/last.ckpt"))
-    if not candidates:
-        raise FileNotFoundError(f"resume=auto: no earlier run of {experiment!r} with checkpoints/last.ckpt under {runs_dir}")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+def check_accelerator(trainer: dict) -> None:
+    """A GPU recipe (trainer=gpu, ddp) on a machine without one: one line naming trainer=cpu, before
+    Lightning's "No supported gpu backend found!" traceback and before any run folder."""
+    if str(trainer.get("accelerator")) in ("gpu", "cuda", "mps") and not (
+            CUDAAccelerator.is_available() or MPSAccelerator.is_available()):
+        raise ValueError(f"trainer.accelerator={trainer['accelerator']} (the recipe's trainer config) but this machine "
+                         "has no GPU; add trainer=cpu to train on the CPU (32-bit, one process)")
 
 
 def plain_config(cfg: DictConfig) -> dict:
@@ -67,9 +64,14 @@ def check_annotations(data: dict) -> None:
     would train on all-background masks without a word."""
     for key in ("train_ann", "val_ann"):
         path = Path(data["root"]) / data[key]
-        if path.is_file() and not read_coco(path).get("annotations"):
+        if not path.is_file():
+            continue
+        coco = read_coco(path)
+        if not coco.get("annotations"):
             raise ValueError(f"{path} (data.{key}) has no annotations, so every mask would be background; point "
                              f"data.{key} at an annotated file (test.json has none)")
+        if key == "train_ann" and is_synthetic(coco):
+            rank_zero_info(synthetic_note(path))
 
 
 def check_schedule(cfg: dict) -> None:
@@ -79,22 +81,33 @@ def check_schedule(cfg: dict) -> None:
     check_sizable(cfg["scheduler"], float("inf") if unbounded else 1.0, 1.0)
 
 
+def _recorded_files(record: dict) -> list[tuple[str, dict]]:
+    """(name, {file, sha256, images}) of each file in a fold record: train, val, extra_train[i]."""
+    files = [(side, record[side]) for side in ("train", "val") if side in record]
+    return files + [(f"extra_train[{i}]", entry) for i, entry in enumerate(record.get("extra_train", []))]
+
+
 def add_fold_record(plain: dict, saved: dict | None, ckpt: Path | None) -> None:
-    """A fold run's config records its fold files (hash, image count; see data.fold_record). A
-    resume keeps the record the run started with, and refuses fold files that changed since:
-    the rest of the run would train on other images than its first part."""
+    """A fold run's config records its fold files and extra training sources (hash, image count;
+    see data.fold_record). A resume keeps the record the run started with, and refuses files that
+    changed since: the rest of the run would train on other images than its first part."""
     record = record_folds(plain["data"])
+    extra = plain["data"].get("extra_train") or []
+    if record is not None and extra:  # e.g. a pseudo-label round: the images it adds to the fold's
+        record["extra_train"] = [file_record(source.get("root") or plain["data"]["root"], source["ann"]) for source in extra]
     if saved is not None:
         old = saved.get(RECORD_KEY)
         if old is None or record is None:  # a run started before records: it stays unverified
             record = old
         else:
-            for side, entry in old.items():
-                if entry["sha256"] != record[side]["sha256"]:
+            now = dict(_recorded_files(record))
+            for name, entry in _recorded_files(old):
+                if name in now and entry["sha256"] != now[name]["sha256"]:
                     raise ValueError(
                         f"resuming {ckpt}: {Path(plain['data']['root']) / entry['file']} changed since the run started "
-                        f"({entry['images']} images then, {record[side]['images']} now); restore the fold files it "
-                        "started on, or start a new run without resume=")
+                        f"({entry['images']} images then, {now[name]['images']} now); restore the "
+                        f"{'fold files' if name in ('train', 'val') else 'file'} it started on, or start a new run without "
+                        "resume=")
     if record is not None:
         plain[RECORD_KEY] = record
 
@@ -130,15 +143,20 @@ def process_flags_restored():
         torch.backends.cudnn.benchmark = flags[2]
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Fit; returns the final logged metrics (floats)."""
+def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[str, float]:
+    """Fit; returns the final logged metrics (floats). `run_dir_named`: the user gave the run folder
+    (hydra.run.dir / hydra.sweep.dir), so `resume=auto` continues the run in it or stops."""
     check_config(cfg)
     plain = plain_config(cfg)
+    check_accelerator(plain["trainer"])
     check_schedule(plain)
-    size_threads(plain)  # torch threads and loader workers to this process's cores, before any worker starts
+    # before any run folder: a missing annotation file (a wrong data.root) stops here in one line
+    datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
+    datamodule.check_annotation_files()
+    check_annotations(plain["data"])
     averaging = build_averaging(plain.get("averaging"), plain["trainer"].get("max_epochs"))
     warmup = FrozenEncoderWarmup(plain["freeze_encoder_steps"]) if plain.get("freeze_encoder_steps") else None
-    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name)
+    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name, run_dir, plain, run_dir_named)
     resume = None
     if ckpt is not None:
         # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
@@ -148,8 +166,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
                   "changed": changed, "wandb_run_id": resumed.get("wandb_run_id")}
         fresh, run_dir = run_dir, ckpt.parent.parent
-        if fresh.exists() and fresh != run_dir and not any(p.name != ".hydra" for p in fresh.iterdir()):
-            shutil.rmtree(fresh)  # the folder Hydra made for this invocation stays unused
+        continue_log_in(fresh, run_dir)  # the folder Hydra made for this command stays unused
     elif used(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); continue it with "
                               "resume=auto (or resume=PATH), or give a new hydra.run.dir")
@@ -158,9 +175,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     with claimed(run_dir):
         if resume is None and used(run_dir):  # a run that started and finished while this one set up
             raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); give a new hydra.run.dir")
-        check_annotations(plain["data"])
         L.seed_everything(cfg.seed, workers=True)
-        datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
         module = SegmentationModule(plain)
 
         loggers = build_loggers(plain, run_dir, resume.pop("wandb_run_id") if resume else None)
@@ -182,4 +197,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
                 module.wandb_run_id = wandb_loggers[0].experiment.id
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    if trainer.is_global_zero:
+        for line in run_summary(run_dir):
+            rank_zero_info(line)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -7,7 +7,9 @@ processes of a DDP run (on one machine or several sharing the folder) never race
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +65,28 @@ def claimed(run_dir: Path) -> Iterator[None]:
         handle.close()
         if made and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a setup error leaves no folder behind
+
+
+def continue_log_in(fresh: Path, run_dir: Path) -> None:
+    """A resume continues `run_dir`, not the folder Hydra made for this command (`fresh`): the file
+    logs opened in `fresh` (Hydra's train.log) go on at the end of the same files in `run_dir`, with
+    what they hold so far, and `fresh` is removed (it held only Hydra's files)."""
+    fresh, run_dir = fresh.resolve(), run_dir.resolve()
+    if fresh == run_dir or not fresh.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in fresh.iterdir()):
+        return  # the same folder, or one holding more than Hydra's files: left as it is
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == fresh:
+            handler.acquire()
+            try:
+                handler.close()  # reopened on the next record, at its new place, for appending
+                old = Path(handler.baseFilename)
+                handler.baseFilename, handler.mode = str(run_dir / old.name), "a"
+                if old.is_file():
+                    with open(handler.baseFilename, "a", encoding=handler.encoding) as continued:
+                        continued.write(old.read_text(encoding=handler.encoding))
+            finally:
+                handler.release()
+    shutil.rmtree(fresh, ignore_errors=True)
 
 
 class RunFolder(L.Callback):

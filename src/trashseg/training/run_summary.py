@@ -1,0 +1,48 @@
+"""The last lines of a finished run: where its folder is, its best val mIoU, the command that
+scores its best.ckpt, or a warning when it stopped before any validation (a `max_steps` or
+`max_time` stop: last.ckpt only, no best.ckpt, no metrics.csv). Read from the run folder alone,
+so the sweep summary reads its jobs the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (runs/..., as the user typed)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def best_validation(run_dir: Path) -> tuple[float, int] | None:
+    """(best val/mIoU, its epoch) from the run's metrics.csv; None before any validation."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    if "val/mIoU" not in table:
+        return None
+    val = table.dropna(subset=["val/mIoU"])
+    if val.empty:
+        return None
+    row = val.loc[val["val/mIoU"].idxmax()]
+    return float(row["val/mIoU"]), int(row["epoch"])
+
+
+def run_summary(run_dir: Path) -> list[str]:
+    checkpoints = run_dir / "checkpoints"
+    lines = [f"run folder: {shown(run_dir)}"]
+    best, found = checkpoints / "best.ckpt", best_validation(run_dir)
+    if best.is_file():
+        score = f"best val/mIoU {found[0]:.4f} at epoch {found[1]}" if found else "best checkpoint"
+        lines += [f"{score}: {shown(best)}", f"score it: python inference.py --checkpoint {shown(best)} --split val"]
+    elif (checkpoints / "last.ckpt").is_file():
+        last = shown(checkpoints / "last.ckpt")
+        lines.append(f"warning: the run stopped (trainer.max_steps or trainer.max_time) before its first validation: "
+                     f"{last} holds it, but there is no best.ckpt and no metrics.csv; continue it with the same command "
+                     f"plus resume={last} and a later stop, or validate sooner (trainer.val_check_interval)")
+    return lines
