@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 def train(work: Path, name: str, args: argparse.Namespace, *overrides: str) -> tuple[pd.Series, float]:
     """Val mIoU by epoch (the last validation of each) and the run's wall seconds."""
     run = work / name
-    command = [sys.executable, "train.py", "experiment=quickstart", "logger=csv", "trainer.enable_progress_bar=false",
+    # data=synthetic: generated into its own data.root (only the default data/synthetic is generated otherwise)
+    command = [sys.executable, "train.py", "experiment=quickstart", "data=synthetic", "logger=csv", "trainer.enable_progress_bar=false",
                f"trainer.max_epochs={args.epochs}", f"data.root={work / 'data'}", f"data.synthetic.n_train={args.train}",
                f"data.synthetic.n_val={args.val}", f"data.synthetic.size={args.size}", f"seed={args.seed}",
                f"hydra.run.dir={run}", *overrides]
