@@ -20,6 +20,7 @@ from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, check_fold_files, load_predictor
 from .predictor import Predictor
 from .probs_store import ProbsWriter
+from .shards import parse_shard
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +34,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-probs", type=Path, help="folder for per-image float16 probabilities (11 x 512 x 512 x 2 bytes "
                    "= 5.8 MB per image, 4.7 GB for 819 test images)")
     p.add_argument("--size", type=int, default=256, help="submission mask size")
-    return p.parse_args(argv)
+    p.add_argument("--shard", type=parse_shard, metavar="I/N",
+                   help="predict images I, I+N, ... of the split only, into --save-probs (one process per GPU; merge the "
+                        "parts with python -m trashseg.inference.shards, docs/inference.md)")
+    args = p.parse_args(argv)
+    if args.shard and not args.save_probs:
+        p.error("--shard writes probabilities only: add --save-probs FOLDER (one per shard)")
+    if args.shard and args.out:
+        p.error("--shard writes no CSV or metrics (a part of the split is not a submission): drop --out; merge the "
+                "shards, then python -m trashseg.inference.ensemble --probs MERGED --out FILE.csv")
+    return args
 
 
 def _predictions(predictor: Predictor, loader, probs_writer: ProbsWriter | None,
@@ -133,14 +143,28 @@ def default_out(source, split: str) -> Path:
     return Path("submissions") / (f"{name}.csv" if split == "test" else f"{name}_val.json")
 
 
+def run_shard(predictor, loader, args: argparse.Namespace, classes: list[str], sources: list[str]) -> str:
+    """One part of a split's probabilities (inference.shards merges the parts)."""
+    index, count = args.shard
+    total = len(loader.dataset.dataset)  # the split before sharding
+    shard = {"index": index, "count": count, "total": total}
+    with ProbsWriter(args.save_probs, classes, sources, shard) as probs_writer:
+        for _ in predictions(predictor, loader, probs_writer, "none"):
+            pass
+    return (f"wrote shard {index}/{count} ({len(loader.dataset)} of {total} images) to {args.save_probs}; when every "
+            "shard is done: python -m trashseg.inference.shards PART0 PART1 ... --out MERGED")
+
+
 def run(args: argparse.Namespace) -> str:
     models, classes, predictor = load_predictor(args)
     if args.split == "val" and not args.ann:  # a fold run's own val file: the one it validated on?
         check_fold_files(models[0], ("val",), args.data_root)
     loader = build_loader(models[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
-                          args.num_workers, args.device)
-    out = args.out or default_out(models[0], args.split)
+                          args.num_workers, args.device, shard=args.shard)
     sources = [str(m.path) for m in models]
+    if args.shard:
+        return run_shard(predictor, loader, args, classes, sources)
+    out = args.out or default_out(models[0], args.split)
     # a failed run removes its half-written probabilities folder at once
     with ProbsWriter(args.save_probs, classes, sources) if args.save_probs else contextlib.nullcontext() as probs_writer:
         if args.split == "test":

@@ -33,14 +33,18 @@ def build_dataset(cfg: dict, split: str, classes: list[str], data_root: Path | N
 
 
 def build_loader(cfg: dict, split: str, classes: list[str], data_root: Path | None = None, ann: str | Path | None = None,
-                 batch_size: int = 4, num_workers: int = 2, device: str = "cpu", limit: int | None = None) -> DataLoader:
+                 batch_size: int = 4, num_workers: int = 2, device: str = "cpu", limit: int | None = None,
+                 shard: tuple[int, int] | None = None) -> DataLoader:
     """A split's loader (see `build_dataset`), in file order, batched by image size so that no
-    prediction depends on its batch mates' padding; `limit` keeps the file's first images."""
+    prediction depends on its batch mates' padding; `limit` keeps the file's first images, `shard`
+    (i, n) its images i, i+n, ... (inference.shards)."""
     dataset = build_dataset(cfg, split, classes, data_root, ann)
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))
+    if shard is not None:
+        dataset = Subset(dataset, range(shard[0], len(dataset), shard[1]))
     return DataLoader(dataset, batch_sampler=eval_batches(dataset, batch_size), num_workers=num_workers,
-                      collate_fn=pad_collate, pin_memory=device == "cuda")
+                      collate_fn=pad_collate, pin_memory=str(device).startswith("cuda"))
 
 
 def predict_probs(predictor: Predictor, loader: DataLoader, desc: str = "predict") -> Iterator[tuple[dict, torch.Tensor]]:

@@ -42,10 +42,23 @@ def add_predictor_args(parser: argparse.ArgumentParser) -> None:
                              "at when frames differ in shape (TrashCan's cpu_recipe: 90 120); --scales apply on top")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name,
+                        help="cpu, cuda or cuda:N (one GPU of several; see --shard to use them all)")
     parser.add_argument("--post", default="none", choices=list(POST_MODES),
                         help="post-processing of each label map: mode3 (3x3 majority filter) or crf (dense CRF on the "
                              "probabilities and the image; needs pip install pydensecrf2)")
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda or cuda:N, for argparse: a GPU index this machine lacks is one line, not a CUDA trace."""
+    if text == "cpu" or text == "cuda" or re.fullmatch(r"cuda:\d+", text):
+        if text != "cpu" and not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"--device {text}: no CUDA device here; use --device cpu")
+        if text.startswith("cuda:") and int(text[5:]) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s), "
+                                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return text
+    raise argparse.ArgumentTypeError(f"--device takes cpu, cuda or cuda:N, not {text!r}")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,8 @@ def is_probs_folder(folder: Path) -> bool:
 
 
 class ProbsWriter:
-    def __init__(self, folder: str | Path, classes: list[str], sources: list[str]):
+    def __init__(self, folder: str | Path, classes: list[str], sources: list[str], shard: dict | None = None):
+        """`shard`: {index, count, total} for one part of a run split across processes (inference.shards)."""
         self.folder = Path(folder)
         if self.folder.exists() and not (self.folder.is_dir() and is_probs_folder(self.folder)):
             raise FileExistsError(f"--save-probs {self.folder} exists and is not a probabilities folder (it holds "
@@ -36,12 +37,26 @@ class ProbsWriter:
         remove_stale_temps(self.folder)
         self.tmp = temp_path(self.folder)
         self.tmp.mkdir()
-        self.index = {"classes": classes, "sources": sources, "images": []}
+        self.index = {"classes": classes, "sources": sources, "images": []} | ({"shard": shard} if shard else {})
 
     def write(self, image_id: int, file_name: str, probs: np.ndarray) -> None:
         path = self.tmp / f"{image_id}.npy"
         try:
             np.save(path, probs.astype(np.float16))
+        except OSError as err:
+            self.abort()
+            raise disk_full(self.folder / path.name, err) from None
+        self.index["images"].append({"id": image_id, "file_name": file_name})
+
+    def adopt(self, image_id: int, file_name: str, source: Path) -> None:
+        """An image's probabilities from another folder: a hard link where the file system allows
+        (no second copy of 5.8 MB an image), else a copy."""
+        path = self.tmp / f"{image_id}.npy"
+        try:
+            try:
+                os.link(source, path)
+            except OSError:
+                shutil.copyfile(source, path)
         except OSError as err:
             self.abort()
             raise disk_full(self.folder / path.name, err) from None
