@@ -120,14 +120,18 @@ def train_config(synthetic_root, tmp_path, *overrides):
 
 
 def test_validation_best_ckpt_and_inference_use_the_averaged_weights(synthetic_root, tmp_path):
-    cfg = train_config(synthetic_root, tmp_path, "averaging=ema", "averaging.decay=0.9")
+    cfg = train_config(synthetic_root, tmp_path, "averaging=ema", "averaging.decay=0.9", "trainer.max_epochs=1")
     run_dir = tmp_path / "runs" / "ema"
     run_module.train(cfg, run_dir)
     best = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
-    averaged, current = best["state_dict"], best["current_model_state"]
-    assert averaged.keys() == current.keys()
+    # one epoch: last.ckpt is written at the same validation and keeps the training weights beside the average
+    last = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert best["global_step"] == last["global_step"]
+    averaged, current = best["state_dict"], last["current_model_state"]
+    assert averaged.keys() == current.keys() and all(torch.equal(averaged[k], last["state_dict"][k]) for k in averaged)
     assert not torch.equal(averaged["model.head.0.weight"], current["model.head.0.weight"])
-    assert int(best["averaging_state"]["n_averaged"]) == best["global_step"]  # one update per step
+    assert int(last["averaging_state"]["n_averaged"]) == last["global_step"]  # one update per step
+    assert not {"current_model_state", "averaging_state", "optimizer_states"} & best.keys()  # resuming reads last.ckpt
     # inference rebuilds the model from state_dict: the average
     loaded = load_checkpoint(run_dir / "checkpoints/best.ckpt")
     assert torch.equal(loaded.model.state_dict()["head.0.weight"], averaged["model.head.0.weight"])

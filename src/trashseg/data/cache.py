@@ -35,7 +35,9 @@ CACHE_ENV = "TRASHSEG_CACHE"
 # zlib at level 1: a label mask shrinks ~60x and inflates as fast as a .npy loads, well under a
 # JPEG decode (docs/results/disk.md); its checksum also turns a torn entry into a miss.
 ZLIB_LEVEL = 1
-_warned: set[Path] = set()  # one warning per folder and process, however many datasets share it
+# Folders a write failed in: every cache on one of them stops writing for the rest of the process
+# (the train and val datasets too), and the warning is given once.
+_unwritable: set[Path] = set()
 
 
 class CacheWriteWarning(UserWarning):
@@ -71,14 +73,19 @@ class MaskCache:
 
     def __init__(self, root: str | Path):
         self.folder = Path(root) / f"v{CACHE_VERSION}"
-        self.writable = True
+        probe = temp_path(self.folder / "probe")
         try:  # a read-only or full disk shows here, once, before any DataLoader worker exists
             self.folder.mkdir(parents=True, exist_ok=True)
-            probe = temp_path(self.folder / "probe")
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
             self._stop_writing(err)
+
+    @property
+    def writable(self) -> bool:
+        return self.folder not in _unwritable
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         return self.folder / kind / key[:2] / f"{key}{suffix}"
@@ -116,9 +123,8 @@ class MaskCache:
             return False
 
     def _stop_writing(self, err: OSError) -> None:
-        self.writable = False
-        if self.folder not in _warned:
-            _warned.add(self.folder)
+        if self.writable:
+            _unwritable.add(self.folder)
             warnings.warn(f"mask cache {self.folder} cannot be written ({err.strerror or err}); training goes on "
                           f"without writing to it: free space there, or set data.cache_dir (or ${CACHE_ENV}) to a "
                           "writable folder, or data.cache_dir=false", CacheWriteWarning, stacklevel=3)

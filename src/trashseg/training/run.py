@@ -28,6 +28,7 @@ from trashseg.data.fold_record import RECORD_KEY, file_record, record_folds
 from trashseg.data.synthetic import is_synthetic, synthetic_note
 
 from .averaging import build_averaging
+from .best_checkpoint import BestWeightsCheckpoint
 from .checkpoint_io import AtomicCheckpointIO
 from .config_check import check_config
 from .encoder_warmup import FrozenEncoderWarmup
@@ -180,7 +181,7 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
 
         loggers = build_loggers(plain, run_dir, resume.pop("wandb_run_id") if resume else None)
         folder = run_dir / "checkpoints"
-        best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
+        best = BestWeightsCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
                                auto_insert_metric_name=False)
         # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
         # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
