@@ -27,7 +27,7 @@ FAULT_TESTS_DIR = REPO / "tests" / "faults"  # the table's bare file names live 
 
 # Config groups whose values the docs name as `group=value`; a nested group is `augment/copy_paste`.
 GROUPS = ("experiment", "model", "augment", "loss", "data", "optimizer", "scheduler", "trainer",
-          "averaging", "distill", "logger")
+          "averaging", "distill", "logger", "hparams_search")
 # Values that stand for "your own": `experiment=X`, `model=<name>`.
 PLACEHOLDERS = {"X", "Y", "NAME", "..."}
 
