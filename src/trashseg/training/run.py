@@ -199,6 +199,8 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
                 module.wandb_run_id = wandb_loggers[0].experiment.id
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     if trainer.is_global_zero:
+        for logger in wandb_loggers:
+            logger.experiment.finish()  # W&B's closing lines ("wandb sync ...") before the summary, not after it
         for line in run_summary(run_dir):
             rank_zero_info(line)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
