@@ -1,8 +1,10 @@
 """Build data, model, module and trainer from a composed config, and fit.
 
 A run folder holds `config.yaml` (resolved), `metrics.csv`, `checkpoints/{best,last}.ckpt`
-and W&B's offline files. `resume: auto` continues the newest run of the same experiment,
-`resume: PATH` a given checkpoint; the run then continues in that checkpoint's folder.
+and W&B's offline files. `resume: auto` continues the run in a named run folder, else the newest
+run of the experiment this command continues (training.resume_target), `resume: PATH` a given
+checkpoint; the run then continues in that checkpoint's folder. It ends by printing its folder,
+best val mIoU and the command that scores it (training.run_summary).
 Every file is written atomically, by global rank 0 only; a kill at any point leaves a run
 that `resume=auto` finishes as if it had never stopped.
 """
