@@ -18,7 +18,7 @@ from trashseg.training.overrides import unknown_key_message
 
 TOP_LEVEL = {"data", "augment", "model", "optimizer", "scheduler", "loss", "trainer", "logger", "experiment_name",
              "seed", "resume", "runs_dir", "paths", "averaging", "distill",
-             "freeze_encoder_steps", "threads", "channels_last"}
+             "freeze_encoder_steps", "threads", "channels_last", "nonfinite_losses_in_a_row"}
 OPTIMIZER = {"name", "lr", "weight_decay", "groups", "no_decay_norm_bias", "strict", "params", "layer_decay"}
 SCHEDULER = {"name", "warmup_steps", "warmup_epochs", "power", "min_lr_ratio", "cycles", "gamma", "step_size_epochs",
              "milestones_epochs"}

@@ -5,11 +5,9 @@ and a per-step schedule."""
 from __future__ import annotations
 
 import math
-import random
 import warnings
 
 import lightning as L
-import numpy as np
 import torch
 from torchmetrics import MeanMetric
 
@@ -21,9 +19,11 @@ from trashseg.models import build_model
 
 from .distill import build_distillation
 from .losses import WeightedLoss
+from .nonfinite import NonFiniteStreak
 from .optim import build_optimizer, build_scheduler
 from .optimizer_state import reindex_for_dropped_modules
 from .param_groups import groups_table
+from .rng_state import capture as capture_rng, restore as restore_rng
 
 
 # Validation metrics are summed across processes by torchmetrics before they are logged.
@@ -35,6 +35,9 @@ UNLABELLED_POSITION = "distill_unlabelled_position"  # checkpoint key: images of
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf."""
+
+
+NONFINITE_FIX = "Lower optimizer.lr, add gradient clipping (trainer.gradient_clip_val) or use precision 32-true"
 
 
 class SegmentationModule(L.LightningModule):
@@ -57,6 +60,9 @@ class SegmentationModule(L.LightningModule):
         self.overlays_wanted = int(wandb_cfg.get("overlays") or 0) if wandb_cfg.get("enabled") else 0
         self.overlay_batch: dict | None = None
         self._resumed_rng: dict | None = None
+        limit = cfg.get("nonfinite_losses_in_a_row")
+        self.nonfinite_limit = NonFiniteStreak(3 if limit is None else int(limit)).limit  # a bad value stops here
+        self.nonfinite: NonFiniteStreak | None = None  # 16-mixed: skipped steps in a row, counted from on_train_start
         self.channels_last = False  # decided in setup(), once the device is known
         # Teachers load here, before any run file is written: a bad path or class list stops the start.
         self.distiller, self.unlabelled = build_distillation(cfg, self.classes)
@@ -98,16 +104,30 @@ class SegmentationModule(L.LightningModule):
             loss = self.distiller.combine(label_loss, kd)
             # the parts before weighting: train/loss = (1 - alpha) x train/ce + alpha x train/kd
             self.log_dict({"train/ce": label_loss, "train/kd": kd}, on_step=True, on_epoch=False, batch_size=batch_size)
-        if not torch.isfinite(loss):
+        if self.nonfinite is not None:  # GradScaler skips a non-finite step; flags read every log_every_n_steps
+            self.nonfinite.add(loss)
+            if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+                self._stop_on_nonfinite_streak()
+        elif not torch.isfinite(loss):  # a host sync, needed: nothing would skip this step, its update makes NaN weights
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {self.current_epoch} step {self.global_step}; training stopped and "
-                "the last good checkpoint is kept (checkpoints/last.ckpt). Lower optimizer.lr, add gradient clipping "
-                "(trainer.gradient_clip_val) or use precision 32-true"
-            )
+                f"the last good checkpoint is kept (checkpoints/last.ckpt). {NONFINITE_FIX}")
         # Per step only: an epoch aggregate would reach the logger after the epoch's checkpoint is written,
         # so a kill in between would lose it for good (training.history).
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _stop_on_nonfinite_streak(self) -> None:
+        streak = self.nonfinite
+        if streak.exceeded(lambda t: self.trainer.strategy.reduce(t, reduce_op="max")):
+            raise NonFiniteLossError(
+                f"loss was NaN or inf in {streak.longest} training steps in a row (nonfinite_losses_in_a_row="
+                f"{streak.limit}), seen at epoch {self.current_epoch} step {self.global_step}; GradScaler skipped those "
+                f"steps, training stopped and the last good checkpoint is kept (checkpoints/last.ckpt). {NONFINITE_FIX}")
+
+    def on_train_epoch_end(self) -> None:
+        if self.nonfinite is not None:
+            self._stop_on_nonfinite_streak()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         optimizer = self.optimizers().optimizer if hasattr(self.optimizers(), "optimizer") else self.optimizers()
@@ -117,8 +137,8 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         target = batch["mask"]
         for i in range(len(target)):  # per image: the mean does not depend on batching or on the number of ranks
-            labelled = bool((target[i] != IGNORE_INDEX).any())
-            self.val_loss.update(self._loss(logits[i : i + 1], target[i : i + 1]), weight=float(labelled))
+            labelled = (target[i] != IGNORE_INDEX).any().float()  # a weight on the device: no host sync
+            self.val_loss.update(self._loss(logits[i : i + 1], target[i : i + 1]), weight=labelled)
         preds = logits.argmax(1)
         self.val_metric.update(preds, target)
         if batch_idx == 0 and self.overlays_wanted:
@@ -126,9 +146,10 @@ class SegmentationModule(L.LightningModule):
             self.overlay_batch = {"image": batch["image"][:n].cpu(), "mask": target[:n].cpu(), "pred": preds[:n].cpu()}
 
     def on_validation_epoch_end(self) -> None:
-        results = self.val_metric.compute() | {"loss": self.val_loss.compute()}
+        with self.val_metric.sync_context():  # W&B's confusion matrix (wandb_media): the sum over ranks
+            self.last_confusion = self.val_metric.confusion.detach().cpu()
+        results = self.val_metric.compute() | {"loss": self.val_loss.compute()}  # summed over ranks, too
         self.log_dict({f"val/{k}": v.float() for k, v in results.items()}, sync_dist=False)  # already summed over ranks
-        self.last_confusion = self.val_metric.confusion.detach().cpu()
         self.val_metric.reset()
         self.val_loss.reset()
 
@@ -148,12 +169,8 @@ class SegmentationModule(L.LightningModule):
         self.schedule_steps = total
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # RNG state travels with the checkpoint (as tensors and ints, loadable with weights_only=True),
-    # so a resumed run draws the same augmentations as an uninterrupted one.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+        checkpoint["rng"] = capture_rng(self.device)  # a resumed run draws what an uninterrupted one would (rng_state)
         wandb_id = getattr(self, "wandb_run_id", None)
         if wandb_id:
             checkpoint["wandb_run_id"] = wandb_id
@@ -169,12 +186,10 @@ class SegmentationModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Applied here, after the sanity check, which would otherwise consume random numbers.
         if self._resumed_rng:
-            rng = self._resumed_rng
-            torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
-            kind, keys, pos, has_gauss, cached = rng["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            restore_rng(self._resumed_rng, self.device)
             self._resumed_rng = None
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # 16-mixed
+            self.nonfinite = NonFiniteStreak(self.nonfinite_limit)
 
     def on_train_end(self) -> None:
         if self.unlabelled is not None:

@@ -18,7 +18,7 @@ import pandas as pd
 NOT_RECORDED = ("resume", "runs_dir")  # where the run was found, not how it trains
 # Dotted keys (or prefixes ending in ".") a resume may change.
 APPLIED_ON_RESUME = (
-    "resume", "runs_dir", "logger.", "threads", "channels_last",
+    "resume", "runs_dir", "logger.", "threads", "channels_last", "nonfinite_losses_in_a_row",
     "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
     "trainer.limit_train_batches",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",

@@ -37,6 +37,7 @@ from .encoder_warmup import FrozenEncoderWarmup
 from .history import MetricsHistory
 from .module import SegmentationModule
 from .optim import check_sizable
+from .precision import resolve_precision
 from .resumable import ResumeMidEpoch, TrainingDataModule
 from .resume_check import check_resume_config
 from .resume_target import find_resume_checkpoint
@@ -152,6 +153,7 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
     check_config(cfg)
     plain = plain_config(cfg)
     check_accelerator(plain["trainer"])
+    plain["trainer"]["precision"] = resolve_precision(plain["trainer"])  # `auto`: what config.yaml and checkpoints record
     check_schedule(plain)
     # before any run folder: a missing annotation file (a wrong data.root) stops here in one line
     datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
