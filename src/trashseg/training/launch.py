@@ -34,18 +34,20 @@ def spawns_processes(strategy) -> bool:
 
 
 def processes_per_node(trainer: dict, gpus_visible: int) -> int:
-    """What `trainer.devices` asks for, as a count (-1: all visible GPUs, or every core on a CPU)."""
+    """What `trainer.devices` asks for on one node, as Lightning counts it: a list or "0,1" by its
+    length, -1 or "auto" as every visible GPU (one process on a CPU)."""
     devices = trainer.get("devices", 1)
     if isinstance(devices, (list, tuple)):
-        return len(devices)
+        return max(len(devices), 1)
     if isinstance(devices, str):
         devices = devices.strip()
         if "," in devices:
             return len([d for d in devices.split(",") if d.strip()])
         devices = -1 if devices in ("auto", "-1") else int(devices)
     if devices == -1:
-        return gpus_visible if trainer.get("accelerator") in ("gpu", "cuda", "auto") and gpus_visible else os.cpu_count()
-    return int(devices)
+        on_gpu = trainer.get("accelerator") in ("gpu", "cuda", "auto") and gpus_visible
+        return gpus_visible if on_gpu else 1
+    return max(int(devices), 1)
 
 
 @dataclass(frozen=True)

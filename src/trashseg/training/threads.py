@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from .launch import processes_per_node as requested_processes
+
 
 @dataclass(frozen=True)
 class ThreadPlan:
@@ -31,19 +33,11 @@ class ThreadPlan:
 
 
 def processes_per_node(trainer: Mapping) -> int:
-    """Training processes this node runs: torchrun's LOCAL_WORLD_SIZE, else what trainer.devices asks for."""
+    """Training processes this node runs: torchrun's or submitit's LOCAL_WORLD_SIZE, else what
+    trainer.devices asks for."""
     if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
         return max(int(os.environ["LOCAL_WORLD_SIZE"]), 1)
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, (list, tuple)):
-        return max(len(devices), 1)
-    if isinstance(devices, str) and devices.strip().isdigit():
-        devices = int(devices)
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if devices in (-1, "-1") and trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return 1  # "auto" on a CPU, or a count Lightning will refuse anyway
+    return requested_processes(dict(trainer), torch.cuda.device_count())
 
 
 def plan_threads(setting: int | str | None, num_workers: int, trainer: Mapping) -> ThreadPlan:
