@@ -101,7 +101,8 @@ def test_a_pinned_bf16_channels_last_run_trains_and_infers_in_that_format(synthe
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
 
     net = load_checkpoint(run_dir / "checkpoints/best.ckpt").net("cpu")
-    assert net.channels_last
+    assert net.channels_last and net.compute_dtype == torch.bfloat16  # it predicts as it trained
+    net.compute_dtype = None  # float32 here: the comparison is of memory formats
     first_conv = next(m for m in net.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
     seen = []
     first_conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))

@@ -31,6 +31,23 @@ class ModelSource(Protocol):
     def net(self, device: str | torch.device = "cpu") -> Net: ...
 
 
+class NonFiniteLogitsError(ValueError):
+    """A model gave NaN or inf logits: its argmax, or an ensemble's sum, would be garbage."""
+
+
+def nonfinite_message(path: Path, net) -> str:
+    if not hasattr(net, "compute_dtype"):  # an exported model
+        return f"{path} gave NaN or inf logits for this batch; check these images, or export the checkpoint again"
+    if net.compute_dtype == torch.float16:
+        cause = ("computed in float16 as the run trained (16-mixed), and float16 overflowed inside the network; "
+                 "--device cpu predicts it in float32")
+    else:
+        dtype = str(net.compute_dtype or torch.float32).removeprefix("torch.")
+        cause = (f"computed in {dtype}; its weights are finite (checked at load), so these images drive the network "
+                 "out of range: check them, or use another checkpoint")
+    return f"{path} gave NaN or inf logits for this batch ({cause})"
+
+
 class Predictor:
     def __init__(self, sources: Sequence[ModelSource], weights: Sequence[float] | None = None,
                  tta: str = "none", scales: Sequence[float] = (1.0,), device: str = "cpu",
@@ -49,6 +66,7 @@ class Predictor:
         self.views = tta_views(tta)
         self.scales = list(scales)
         self.nets = [s.net(self.device) for s in sources]
+        self.paths = [s.path for s in sources]
 
     @torch.inference_mode()
     def probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -57,18 +75,25 @@ class Predictor:
         size = images.shape[-2:]
         out = None
         per_model = 1.0 / (len(self.views) * len(self.scales))
+        finite = []  # per model, on the device: one host sync per batch, below
         for net, weight in zip(self.nets, self.weights):
+            finite.append(torch.ones((), dtype=torch.bool, device=self.device))
             for scale in self.scales:
                 # pixels are rescaled before the net normalises: the same as rescaling normalised
                 # images (the normalisation is affine per channel), and exported nets take pixels
                 x = images if scale == 1.0 else F.interpolate(images.float(), scale_factor=scale, mode="bilinear",
                                                               align_corners=False)
                 for forward, inverse in self.views:
-                    p = inverse(net(forward(x)).softmax(1))
+                    logits = net(forward(x))
+                    finite[-1] = finite[-1] & torch.isfinite(logits).all().to(self.device)
+                    p = inverse(logits.softmax(1))
                     if p.shape[-2:] != size:
                         p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
                     p = p * (weight * per_model)
                     out = p if out is None else out + p
+        for path, net, ok in zip(self.paths, self.nets, torch.stack(finite).tolist()):
+            if not ok:
+                raise NonFiniteLogitsError(nonfinite_message(path, net))
         return out
 
     def probs_per_image(self, images: torch.Tensor, sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:

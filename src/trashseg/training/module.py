@@ -145,6 +145,12 @@ class SegmentationModule(L.LightningModule):
             n = self.overlays_wanted
             self.overlay_batch = {"image": batch["image"][:n].cpu(), "mask": target[:n].cpu(), "pred": preds[:n].cpu()}
 
+    def on_validation_epoch_start(self) -> None:
+        # States of this process's own: ddp_spawn hands each process the module's tensors in shared memory,
+        # where every rank would add into one confusion matrix (and a late rank's sum be read half done).
+        self.val_metric.reset()
+        self.val_loss.reset()
+
     def on_validation_epoch_end(self) -> None:
         with self.val_metric.sync_context():  # W&B's confusion matrix (wandb_media): the sum over ranks
             self.last_confusion = self.val_metric.confusion.detach().cpu()

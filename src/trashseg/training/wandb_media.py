@@ -1,5 +1,6 @@
-"""W&B extras at the end of each validation epoch: the confusion matrix and overlays of a few
-val images (image, ground truth, prediction, with class names). Skipped without a W&B logger."""
+"""W&B extras at the end of each validation: the confusion matrix, summed over every process's
+images (the module's `last_confusion`), and overlays of a few val images (image, ground truth,
+prediction, with class names). Skipped without a W&B logger."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from trashseg.data.classes import IGNORE_INDEX
 
 
 class WandbMedia(L.Callback):
-    def on_validation_epoch_end(self, trainer: L.Trainer, module) -> None:
+    # Not on_validation_epoch_end: Lightning calls the callbacks' before the module's, which sets last_confusion.
+    def on_validation_end(self, trainer: L.Trainer, module) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers or not trainer.is_global_zero or trainer.sanity_checking:
             return

@@ -1,0 +1,30 @@
+"""`trainer.precision: auto` (configs/trainer/gpu.yaml) resolved for the machine the run starts on.
+
+bf16-mixed where the GPU computes in bfloat16 natively (NVIDIA Ampere and later): float32's range,
+so no loss scaling and no overflow; else 16-mixed (float16 with Lightning's GradScaler). On a CPU,
+32-true. Resolved before the run's config is written, so `config.yaml` and every checkpoint record
+the precision the run trained in, which is what inference reads (trashseg.inference.checkpoint).
+"""
+
+from __future__ import annotations
+
+import torch
+
+AUTO = "auto"
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(trainer: dict) -> str:
+    """The precision `trainer` (the run's trainer config) trains in: `trainer["precision"]` itself
+    unless it is `auto`."""
+    precision = str(trainer.get("precision", "32-true"))
+    if precision != AUTO:
+        return precision
+    if not _uses_cuda(str(trainer.get("accelerator", "auto"))):
+        return "32-true"
+    # including_emulation=False: older GPUs emulate bf16 through float32, slower than 16-mixed
+    native_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16-mixed" if native_bf16 else "16-mixed"
