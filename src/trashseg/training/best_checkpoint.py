@@ -4,7 +4,7 @@ Inference, export, OOF, ensembles, distillation teachers and the resume checks r
 `state_dict` and `hyper_parameters` (the run config: model, class list, fold record), plus its
 `epoch` and `global_step`. The optimizer, scheduler, callback and loop states are for resuming,
 which reads last.ckpt; in best.ckpt they only took disk: AdamW keeps two tensors per weight, so
-the file was 3x the weights (Swin-B: 1.44 GB per fold instead of 0.48; docs/results/disk.md).
+the file was 3x the weights (UPerNet Swin-B: 1.44 GB instead of 0.48 per fold; docs/results/disk.md).
 """
 
 from __future__ import annotations
