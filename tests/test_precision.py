@@ -50,6 +50,8 @@ def test_auto_is_bf16_on_a_native_bf16_gpu_else_16_mixed_and_32_true_on_a_cpu(mo
     assert resolve_precision(gpu) == "16-mixed"
     assert asked == [False, False]  # emulated bf16 does not count
     assert resolve_precision({"accelerator": "cpu", "precision": "auto"}) == "32-true"
+    # Lightning trains 16-mixed on a CPU in bf16-mixed: the config says what ran, and inference runs bf16
+    assert resolve_precision({"accelerator": "cpu", "precision": "16-mixed"}) == "bf16-mixed"
     assert resolve_precision({**gpu, "precision": "16-mixed"}) == "16-mixed"  # an explicit choice stays
 
 

@@ -19,11 +19,14 @@ def _uses_cuda(accelerator: str) -> bool:
 
 def resolve_precision(trainer: dict) -> str:
     """The precision `trainer` (the run's trainer config) trains in: `trainer["precision"]` itself
-    unless it is `auto`."""
+    unless it is `auto`, or `16-mixed` off CUDA."""
     precision = str(trainer.get("precision", "32-true"))
+    cuda = _uses_cuda(str(trainer.get("accelerator", "auto")))
+    if precision == "16-mixed" and not cuda:
+        return "bf16-mixed"  # what Lightning trains a CPU run of 16-mixed in (it has no float16 autocast there)
     if precision != AUTO:
         return precision
-    if not _uses_cuda(str(trainer.get("accelerator", "auto"))):
+    if not cuda:
         return "32-true"
     # including_emulation=False: older GPUs emulate bf16 through float32, slower than 16-mixed
     native_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
