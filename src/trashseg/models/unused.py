@@ -5,7 +5,7 @@ encoders keep the classifier's last convolution and norm (`_conv_head`, `_bn1`; 
 for the `timm-efficientnet` ones), every smp encoder built with `encoder_depth` < 5 keeps the stages
 past that depth, and timm's EfficientNet features run those stages and discard their output. Such
 parameters never get a gradient, which DDP with `find_unused_parameters=False` refuses at the second
-step (and which the optimizer, the checkpoints and the compute carry for nothing). One forward on a
+step (and which the optimizer state and the checkpoints carry for nothing). One forward on a
 tiny input finds them, whatever the encoder; each becomes a pass-through `Dropped` placeholder, and
 the forward's output is checked to be bitwise the same without them.
 """
