@@ -35,7 +35,8 @@ R180 = "experiment=cpu_recipe_180"  # 128x128 object crops of 180x240 frames, fu
 R10T = ["model=unet_resnet10t"]
 RECIPE = "experiment=cpu_recipe"
 PRE = "experiment=cpu_recipe_pretrained"  # Unet on ImageNet EfficientNet-Lite0 (installed package), 180x240
-FAST = ["trainer.precision=bf16-mixed", "channels_last=true"]
+FAST = ["trainer.precision=bf16-mixed", "channels_last=true"]  # channels_last is cpu_recipe_pretrained's since 2026-12-04
+FP32 = ["trainer.precision=32-true", "channels_last=false"]  # how rows 25-36 were measured
 
 
 def scale(height: int, width: int, crop: int) -> list[str]:
@@ -87,12 +88,15 @@ ROWS = {
     "pretrained, lr 2e-3 + EMA (decay 0.99)": (PRE, 4, ["optimizer.lr=2.0e-3", "averaging=ema", "averaging.decay=0.99"]),
     "pretrained, batch 8 (1,000 steps, the same crops seen)": (PRE, 4, ["data.batch_size=8"]),
     "pretrained, encoder frozen for the first 125 steps": (PRE, 4, ["freeze_encoder_steps=125"]),
-    # From here (rows 37-): the CPU path (docs/results/cpu_path.md). FAST is what 2026-12-04 measured to pay.
+    # From here (rows 37-): the CPU path (docs/results/cpu_path.md); FAST is the fastest step measured on 2026-12-04.
     "pretrained, bf16 autocast + channels_last (same 500 steps)": (PRE, 4, FAST),
     "pretrained, bf16 + channels_last at 240x320 (160x160 crops)": (PRE, 4, [*FAST, *scale(240, 320, 160)]),
     "pretrained, bf16 + channels_last, 6 epochs (750 steps)": (PRE, 6, FAST),
-    "pretrained, fp32 at 240x320 (160x160 crops)": (PRE, 4, scale(240, 320, 160)),
+    "pretrained, fp32 at 240x320 (160x160 crops)": (PRE, 4, [*FP32, *scale(240, 320, 160)]),
 }
+# Rows 25-36 were measured in fp32 with contiguous weights, before cpu_recipe_pretrained took channels_last.
+for _name in list(ROWS)[25:37]:
+    ROWS[_name] = (ROWS[_name][0], ROWS[_name][1], [*FP32, *ROWS[_name][2]])
 TRASH = ["General trash", "Paper", "Metal", "Glass", "Plastic", "Clothing"]  # the classes TrashCan has
 
 
