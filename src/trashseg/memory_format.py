@@ -2,8 +2,9 @@
 
 A convolution runs in channels_last only when both its input and its weight are in it; a
 channels_last input against contiguous weights makes oneDNN / cuDNN reorder one of them at every
-call. `channels_last: auto` turns it on for CUDA (tensor cores) and off on a CPU, where it pays
-with bf16 autocast but costs alone on some models (docs/results/cpu_path.md); true / false force it.
+call. `channels_last: auto` turns it on for CUDA (tensor cores) and off on a CPU, where what it buys
+depends on the model and the CPU (1.39x a unet_lite0 training step here: docs/results/cpu_path.md);
+true / false force it.
 """
 
 from __future__ import annotations
