@@ -44,6 +44,7 @@ from .resume_target import find_resume_checkpoint
 from .run_folder import RunFolder, claimed, continue_log_in, used
 from .run_summary import run_summary
 from .schedule_horizon import ScheduleHorizon
+from .threads import size_threads
 from .wandb_media import WandbMedia
 
 
@@ -155,6 +156,7 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
     check_accelerator(plain["trainer"])
     plain["trainer"]["precision"] = resolve_precision(plain["trainer"])  # `auto`: what config.yaml and checkpoints record
     check_schedule(plain)
+    size_threads(plain)  # torch threads and loader workers to this process's cores, before any worker starts
     # before any run folder: a missing annotation file (a wrong data.root) stops here in one line
     datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
     datamodule.check_annotation_files()
