@@ -74,6 +74,17 @@ def test_channels_last_auto_is_on_for_cuda_only():
         wants_channels_last("yes", "cpu")
 
 
+@pytest.mark.parametrize("override, message", [("channels_last=sometimes", r"^channels_last='sometimes' is not a choice"),
+                                               ("threads=many", r"^threads='many' is not a thread count")])
+def test_a_bad_cpu_path_key_stops_before_any_run_folder(synthetic_root, tmp_path, override, message):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=quickstart", f"data.root={synthetic_root}",
+                                                      f"runs_dir={tmp_path / 'runs'}", override])
+    with pytest.raises(ValueError, match=message):
+        run_module.train(cfg, tmp_path / "runs" / "quickstart" / "bad")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_runs_saved_before_the_keys_resume_with_their_defaults():
     saved = {"seed": 1, "data": {"num_workers": 2}}
     new = {"seed": 1, "data": {"num_workers": 1}, "threads": "auto", "channels_last": "auto"}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import lightning as L
 
 from trashseg.data.datamodule import AUGMENT_KEYS, TrashDataModule
+from trashseg.memory_format import wants_channels_last
 from trashseg.models.registry import MODELS
 from trashseg.training.averaging import BUILDERS as AVERAGING
 from trashseg.training.overrides import unknown_key_message
@@ -44,6 +45,7 @@ def _check(section: Mapping, allowed: set[str], where: str) -> None:
 
 def check_config(cfg: Mapping) -> None:
     _check(cfg, TOP_LEVEL, "")
+    wants_channels_last(cfg.get("channels_last"), "cpu")  # a bad value: one line here, not once the Trainer runs
     _check(cfg["data"], _arguments(TrashDataModule.__init__), "data.")
     _check(cfg["augment"], AUGMENT, "augment.")
     model = cfg["model"]
