@@ -123,10 +123,12 @@ def subset(raw: Path, out: Path, scale: float) -> None:
 
 
 def prepare_data(data: Path, scales: list[float], size: int) -> dict[float, Path]:
-    """Generate the largest size once (kept for later runs), then each size's subset once."""
+    """Generate the largest size once (kept for later runs: a run of smaller sizes takes its subsets
+    from any larger set already generated), then each size's subset once."""
     largest = max(scales)
     counts = split_counts(largest)
-    raw = data / f"raw_{scale_name(largest)}_{size}px"
+    generated = sorted((float(p.name.split("_")[1][:-1]), p) for p in data.glob(f"raw_*x_{size}px") if p.is_dir())
+    raw = next((p for s, p in generated if s >= largest), data / f"raw_{scale_name(largest)}_{size}px")
     if not raw.is_dir():
         print(f"generating {counts} at {size} px into {raw} (once)", flush=True)
         subprocess.run([sys.executable, "-m", "trashseg.data.synthetic", "--out", str(raw), "--train", str(counts["train"]),
@@ -210,8 +212,9 @@ def measure(command: list[str], work: Path, env: dict[str, str], log: Path) -> d
 
 def stage_commands(stage: str, root: Path, work: Path, args: argparse.Namespace) -> list[str]:
     python, folds, sweep = sys.executable, work / "folds", work / "sweep"
-    predict = ["--scales", str(args.predict_scale), "--num-workers", "2", "--batch-size", "8"]
-    two_folds = [arg for k in (0, 1) for arg in ("--checkpoint", str(sweep / str(k) / "checkpoints" / "best.ckpt"))]
+    models = args.sweep or sweep  # the test-set stages may borrow another size's models: they are not what is measured
+    predict = ["--scales", str(args.predict_scale), "--num-workers", "2", "--batch-size", "8", "--data-root", str(root)]
+    two_folds = [arg for k in (0, 1) for arg in ("--checkpoint", str(models / str(k) / "checkpoints" / "best.ckpt"))]
     return {
         "check": [python, "-m", "trashseg.data.check", "--root", str(root), "--ann", "train_all.json"],
         "kfold": [python, "-m", "trashseg.data.kfold", "--root", str(root), "--ann", "train_all.json", "--folds",
@@ -276,24 +279,38 @@ def growth(small: float, large: float, ratio: float) -> str:
     return f"{math.log(large / small) / math.log(ratio):.2f}"
 
 
+def marginal_growth(values: list[float], scales: list[float]) -> str:
+    """With three sizes each double the last: log2 of (x3 - x2) / (x2 - x1), the growth of what a
+    stage adds on top of its fixed cost (start-up, imports): 1.0 linear, 2.0 quadratic."""
+    if len(values) != 3 or not math.isclose(scales[1] / scales[0], 2) or not math.isclose(scales[2] / scales[1], 2):
+        return "-"
+    lower, upper = values[1] - values[0], values[2] - values[1]
+    if lower <= 0 or upper <= 0:
+        return "-"  # within the noise: no growth to measure
+    return f"{math.log2(upper / lower):.2f}"
+
+
 def table(results: dict, scales: list[float]) -> list[list[object]]:
-    """One row per stage: each figure per size (smallest first) and its growth exponent."""
-    names = [scale_name(s) for s in scales]
+    """One row per stage: each figure per size (smallest first, "-" where not measured) and its growth
+    exponent between the smallest and the largest size measured."""
     rows = []
     for stage in STAGES:
-        figures = [results.get(name, {}).get(stage) for name in names]
-        if not all(figures):
+        figures = {s: results.get(scale_name(s), {}).get(stage) for s in scales}
+        measured = [s for s in scales if figures[s]]
+        if not measured:
             continue
         row = [stage]
         for key, fmt in (("seconds", "{:.1f}"), ("rss_tree_mb", "{:.0f}"), ("rss_max_process_mb", "{:.0f}"), ("disk_mb", "{:.1f}")):
-            values = [f[key] for f in figures]
-            row += [" / ".join(fmt.format(v) for v in values), growth(values[0], values[-1], scales[-1] / scales[0])]
+            row.append(" / ".join(fmt.format(figures[s][key]) if figures[s] else "-" for s in scales))
+            row.append(growth(figures[measured[0]][key], figures[measured[-1]][key], measured[-1] / measured[0]))
+            if key in ("seconds", "rss_max_process_mb"):
+                row.append(marginal_growth([figures[s][key] for s in measured], measured))
         rows.append(row)
     return rows
 
 
-HEADERS = ["stage", "seconds", "growth", "peak RSS, tree (MB)", "growth", "peak RSS, largest process (MB)", "growth",
-           "disk written (MB)", "growth"]
+HEADERS = ["stage", "seconds", "growth", "growth above the fixed cost", "peak RSS, tree (MB)", "growth",
+           "peak RSS, largest process (MB)", "growth", "growth above the fixed cost", "disk written (MB)", "growth"]
 
 
 def git_commit() -> str:
@@ -306,11 +323,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/scale_data"), help="datasets, generated once and kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/scale_work"), help="each size's folds, cache, runs, outputs")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0])
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                        help="a later stage needs the earlier ones' outputs in --work")
+    parser.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES),
+                        help="a later stage needs the earlier ones' outputs in --work; none: print the table of "
+                        "WORK/results.json")
     parser.add_argument("--steps", type=int, default=2, help="training batches (of 2) per fold")
     parser.add_argument("--predict-scale", type=float, default=0.125, help="the model's input size as a fraction of the image")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--sweep", type=Path, help="the fold runs ensemble and pseudo use (default: this size's own "
+                        "train stage); lets them run at a size whose train and oof stages are skipped")
     parser.add_argument("--internal", choices=("cache", "loader"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--folds-dir", type=Path, help=argparse.SUPPRESS)
@@ -344,7 +364,7 @@ def main() -> None:
     rows = table(results, scales)
     print(f"\nsizes {' / '.join(scale_name(s) for s in scales)} (growth: the exponent from the smallest to the largest)")
     print(tabulate(rows, headers=HEADERS, tablefmt="pipe"))
-    # docs/results/scale.md: date | machine | command | stage | seconds | growth | RSS tree | growth | RSS largest | growth | disk | growth
+    # docs/results/scale.md: date | machine | command | then the HEADERS
     record(rows)
 
 

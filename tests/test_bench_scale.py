@@ -39,6 +39,10 @@ def test_growth_is_the_exponent_from_smallest_to_largest():
     assert bench_scale.growth(10.0, 10.0, 4.0) == "0.00"  # constant
     assert bench_scale.growth(1.0, 16.0, 4.0) == "2.00"  # quadratic
     assert bench_scale.growth(0.0, 5.0, 4.0) == "-"  # nothing written at the smallest size: no exponent
+    # above a fixed cost of 30 s: linear 30 + 10n and quadratic 30 + 10n^2 over n = 1, 2, 4
+    assert bench_scale.marginal_growth([40.0, 50.0, 70.0], [0.25, 0.5, 1.0]) == "1.00"
+    assert bench_scale.marginal_growth([40.0, 70.0, 190.0], [0.25, 0.5, 1.0]) == "2.00"
+    assert bench_scale.marginal_growth([40.0, 70.0], [0.25, 1.0]) == "-"  # needs three sizes, each double the last
 
 
 @pytest.mark.slow
