@@ -26,7 +26,8 @@ the size's work folder (folds, mask cache, runs, probabilities, CSV, pseudo-labe
 minus before. Figures go to WORK/results.json (a later run of some stages replaces theirs).
 
     python benchmarks/bench_scale.py [--data /tmp/scale_data] [--work /tmp/scale_work] [--scales 0.25 0.5 1]
-        [--stages check kfold ...] [--steps 2] [--predict-scale 0.125] [--size 512]
+        [--stages check kfold ...] [--steps 2] [--predict-scale 0.125] [--size 512] [--sweep WORK/0.25x/sweep]
+    python benchmarks/bench_scale.py --scales 0.25 0.5 1 --stages      # no stages: the table of WORK/results.json
 """
 
 from __future__ import annotations
@@ -355,7 +356,8 @@ def main() -> None:
         # every stage's mask cache lives in the size's work folder, so du sees it and no run shares it
         env = {**os.environ, "TRASHSEG_CACHE": str(work / "cache"), "WANDB_MODE": "offline"}
         for stage in args.stages:
-            figures = measure(stage_commands(stage, roots[scale], work, args), work, env, work / "stages.log")
+            # the stages' output goes beside the work folder, not into it: du measures what the stages write
+            figures = measure(stage_commands(stage, roots[scale], work, args), work, env, work_root / f"{name}.log")
             results.setdefault(name, {})[stage] = {**figures, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M")}
             results_path.write_text(json.dumps(results, indent=1))
             print(f"  {stage:<17} {figures['seconds']:8.1f} s {figures['rss_tree_mb']:7.0f} MB tree "
