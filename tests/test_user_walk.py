@@ -77,6 +77,10 @@ def test_the_synthetic_dataset_is_generated_only_where_it_was_asked_for(tmp_path
 
 
 def test_readers_say_in_one_line_when_a_file_is_synthetic(synthetic_root, tmp_path, capsys):
+    assert check_data(["--root", str(tmp_path / "recycle"), "--ann", "train.json"]) == 1  # the walk's first check
+    assert capsys.readouterr().err.strip() == (f"error: annotation file not found: {tmp_path / 'recycle' / 'train.json'} "
+                                               f"(--root {tmp_path / 'recycle'}: the folder does not exist); give the "
+                                               "folder holding the dataset's JSON files as --root and the file as --ann")
     assert check_data(["--root", str(synthetic_root), "--ann", "val.json"]) == 0
     assert sum("synthetic dataset" in line for line in capsys.readouterr().out.splitlines()) == 1
     test = json.loads((synthetic_root / "test.json").read_text())

@@ -149,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann", type=Path, required=True, help="annotation file, relative to --root unless absolute")
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), help="class list, Background first")
     args = parser.parse_args(argv)
+    if not (args.root / args.ann).is_file():  # the loader's message names data.root; here it is --root / --ann
+        where = "the folder does not exist" if not args.root.is_dir() else f"no {args.ann} in it"
+        print(f"error: annotation file not found: {args.root / args.ann} (--root {args.root}: {where}); give the folder "
+              "holding the dataset's JSON files as --root and the file as --ann", file=sys.stderr)
+        return 1
     try:
         report = check_dataset(args.root, args.ann, args.classes)
     except (FileNotFoundError, ValueError) as err:
