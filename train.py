@@ -56,6 +56,7 @@ def main(cfg: DictConfig) -> float:
 
     from trashseg.cli import USER_ERRORS, report
     from trashseg.models.pretrained import OfflineError
+    from trashseg.training.launch import LaunchError, prepare_job
     from trashseg.training.module import NonFiniteLossError
     from trashseg.training.run import train
 
@@ -65,15 +66,16 @@ def main(cfg: DictConfig) -> float:
     if "data=synthetic" in hydra_cfg.overrides.task and cfg.data.get("synthetic"):
         cfg.data.synthetic.root = cfg.data.root  # asked for by name: generated wherever data.root points
     try:
+        prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
         metrics = train(cfg, run_dir, run_dir_named=run_dir_named(hydra_cfg))
-    except (*USER_ERRORS, NonFiniteLossError, OfflineError, MisconfigurationException) as err:
+    except (*USER_ERRORS, NonFiniteLossError, OfflineError, LaunchError, MisconfigurationException) as err:
         report(err)  # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
         remove_failed_start(run_dir)
         sys.exit(2)
     except BaseException:
         remove_failed_start(run_dir)  # a traceback, but no empty run folder left behind
         raise
-    return metrics.get("val/mIoU", float("nan"))  # for Hydra sweepers
+    return metrics.get("best/val/mIoU", float("nan"))  # what Hydra's sweepers (Optuna) maximise
 
 
 if __name__ == "__main__":

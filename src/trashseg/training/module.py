@@ -9,6 +9,7 @@ import warnings
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from trashseg.data.classes import IGNORE_INDEX
@@ -20,7 +21,7 @@ from trashseg.models import build_model
 from .distill import build_distillation
 from .losses import WeightedLoss
 from .nonfinite import NonFiniteStreak
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, horizon_problem
 from .optimizer_state import reindex_for_dropped_modules
 from .param_groups import groups_table
 from .rng_state import capture as capture_rng, restore as restore_rng
@@ -172,6 +173,10 @@ class SegmentationModule(L.LightningModule):
         batches = trainer.num_training_batches
         per_epoch = math.inf if math.isinf(batches) else max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
         scheduler = build_scheduler(optimizer, self.cfg["scheduler"], total, per_epoch)
+        world = trainer.world_size
+        images = int(self.cfg["data"]["batch_size"]) * world * trainer.accumulate_grad_batches
+        if problem := horizon_problem(self.cfg["scheduler"], total, per_epoch, world, images):
+            rank_zero_warn(problem)
         self.schedule_steps = total
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -44,6 +44,7 @@ from .resume_target import find_resume_checkpoint
 from .run_folder import RunFolder, claimed, continue_log_in, used
 from .run_summary import run_summary
 from .schedule_horizon import ScheduleHorizon
+from .sweep_names import sweep_identity
 from .threads import size_threads
 from .wandb_media import WandbMedia
 
@@ -121,10 +122,12 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     loggers = [MetricsHistory(run_dir)] if cfg["logger"]["csv"] else []
     wb = cfg["logger"]["wandb"]
     if wb["enabled"]:
+        sweep_group, sweep_name = sweep_identity()  # a sweep's runs: one group, named by what it varies
         flat = pd.json_normalize(cfg, sep=".").iloc[0].to_dict()  # flat keys: W&B's run table filters on any
         loggers.append(WandbLogger(
-            save_dir=str(run_dir), offline=wb["offline"], project=wb["project"], entity=wb["entity"], group=wb["group"],
-            tags=list(wb["tags"] or []), name=wb["name"] or run_dir.name, id=wandb_id, resume="allow" if wandb_id else None,
+            save_dir=str(run_dir), offline=wb["offline"], project=wb["project"], entity=wb["entity"],
+            group=wb["group"] or sweep_group, tags=list(wb["tags"] or []), name=wb["name"] or sweep_name or run_dir.name,
+            id=wandb_id, resume="allow" if wandb_id else None,
             config={k: (str(v) if isinstance(v, list) else v) for k, v in flat.items()},
         ))
     return loggers
@@ -168,6 +171,9 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
     if ckpt is not None:
         # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
         resumed = read_checkpoint(ckpt, mmap=True)
+        if "optimizer_states" not in resumed:
+            raise ValueError(f"{ckpt} holds the weights only (a best.ckpt); resume from {ckpt.parent / 'last.ckpt'}, "
+                             "which holds the whole training state")
         add_fold_record(plain, run_config(resumed, ckpt), ckpt)
         changed = check_resume_config(run_config(resumed, ckpt), plain, str(ckpt))
         resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
@@ -209,4 +215,7 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
             logger.experiment.finish()  # W&B's closing lines ("wandb sync ...") before the summary, not after it
         for line in run_summary(run_dir):
             rank_zero_info(line)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if best.best_model_score is not None:  # what a sweeper maximises: the run's best, not its last, val/mIoU
+        metrics["best/val/mIoU"] = float(best.best_model_score)
+    return metrics
