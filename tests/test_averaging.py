@@ -1,13 +1,11 @@
 """Weight averaging (averaging=ema | swa): hand-computed averages, BatchNorm statistics of the
 SWA average, what validation and best.ckpt hold, and the config's one-line errors."""
 
-from pathlib import Path
 
 import lightning as L
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -18,7 +16,7 @@ from trashseg.training.averaging import SWA, build_averaging
 from trashseg.training.config_check import ConfigError, check_config
 from trashseg.training.module import SegmentationModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from small_runs import small_quickstart
 
 
 class Descent(L.LightningModule):
@@ -112,11 +110,7 @@ def test_swa_fraction_of_epochs(tmp_path):
 
 
 def train_config(synthetic_root, tmp_path, *overrides):
-    base = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.batch_size=8",
-            "data.val_batch_size=5", "trainer.enable_progress_bar=false", "logger=csv", f"runs_dir={tmp_path / 'runs'}",
-            "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", "trainer.max_epochs=2"]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="train", overrides=base + list(overrides))
+    return small_quickstart(synthetic_root, tmp_path, "trainer.max_epochs=2", *overrides, batch_size=8)
 
 
 def test_validation_best_ckpt_and_inference_use_the_averaged_weights(synthetic_root, tmp_path):

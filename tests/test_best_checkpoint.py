@@ -3,6 +3,7 @@ the optimizer, scheduler and callback states live in last.ckpt only, which resum
 
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -38,3 +39,10 @@ def test_best_holds_the_weights_and_what_scoring_reads_last_holds_the_training_s
                     if t.is_floating_point() and "running_" not in k)
     assert best_path.stat().st_size < weights + 100_000
     assert last_path.stat().st_size > weights + 2 * trainable
+
+    # resuming from the weights-only file is one line naming last.ckpt, before any run file is touched
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        again = compose(config_name="train", overrides=overrides + [f"resume={best_path}"])
+    with pytest.raises(ValueError, match=r"holds the weights only \(a best.ckpt\); resume from .*last.ckpt") as err:
+        run_module.train(again, tmp_path / "quickstart" / "two")
+    assert "\n" not in str(err.value) and not (tmp_path / "quickstart" / "two").exists()

@@ -21,15 +21,13 @@ from trashseg.training.module import NonFiniteLossError, SegmentationModule
 from trashseg.training.nonfinite import NonFiniteStreak
 from trashseg.training.precision import resolve_precision
 
+from small_runs import small_quickstart
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def config(synthetic_root, tmp_path, *overrides):
-    base = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.batch_size=4",
-            "data.val_batch_size=5", "trainer.enable_progress_bar=false", "logger=csv", f"runs_dir={tmp_path / 'runs'}",
-            "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", "trainer.num_sanity_val_steps=0"]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="train", overrides=base + list(overrides))
+    return small_quickstart(synthetic_root, tmp_path, "trainer.num_sanity_val_steps=0", *overrides)
 
 
 def test_auto_is_bf16_on_a_native_bf16_gpu_else_16_mixed_and_32_true_on_a_cpu(monkeypatch):
