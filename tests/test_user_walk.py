@@ -158,7 +158,7 @@ def test_resume_auto_continues_the_named_folder_else_the_newest_matching_run(tmp
     assert find_resume_checkpoint("auto", runs, "quickstart", fresh, typed) == matching  # max_epochs: a length key
     with pytest.raises(FileNotFoundError, match=r"resume=auto: .*fresh holds no checkpoints/last\.ckpt"):
         find_resume_checkpoint("auto", runs, "quickstart", fresh, typed, run_dir_named=True)
-    with pytest.raises(FileNotFoundError) as none:
+    with pytest.raises(ValueError) as none:
         find_resume_checkpoint("auto", runs, "quickstart", fresh, {**typed, "optimizer": {"lr": 1e-3}})
     message = str(none.value)
     assert "\n" not in message and "no run of 'quickstart'" in message

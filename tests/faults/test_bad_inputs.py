@@ -140,7 +140,8 @@ def test_resume_with_other_overrides_is_refused_naming_them(synthetic_root, one_
     runs, run = run_copy(one_epoch, tmp_path)
     cfg = small_config(synthetic_root, runs, "resume=auto", "trainer.max_epochs=1", "optimizer.lr=1e-3",
                        "data.classes.2=Cardboard")
-    line = fails_in_one_line(cfg, tmp_path / "fresh", ValueError, "resuming")
+    # resume=auto finds no run this command continues, and names the run with what differs (issue 27)
+    line = fails_in_one_line(cfg, tmp_path / "fresh", ValueError, "resume=auto: no run of 'quickstart'")
     assert "data.classes" in line and "optimizer.lr (0.003 -> 0.001)" in line and "start a new run" in line
     assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr"] == 0.003  # untouched
 

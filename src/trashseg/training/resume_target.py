@@ -64,7 +64,7 @@ def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str, 
             return ckpt
         differences.append(f"{ckpt.parent.parent} ({listed_changes(refused, 2)})")
     more = f" and {len(differences) - SHOWN_CANDIDATES} more" if len(differences) > SHOWN_CANDIDATES else ""
-    raise FileNotFoundError(
+    raise ValueError(  # a checkpoint would restore the settings that differ: none of them continues this command
         f"resume=auto: no run of {experiment!r} under {runs_dir} was started with this command's settings; newest first: "
         f"{'; '.join(differences[:SHOWN_CANDIDATES])}{more}; continue one with hydra.run.dir=<its folder> resume=auto "
         "(and its overrides), or leave resume out to start a new run")
