@@ -13,7 +13,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 HYDRA_FILES = {".hydra", "train.log"}
@@ -28,12 +27,6 @@ def one_console_per_line() -> None:
     for handler in list(lightning.handlers):
         if type(handler) is logging.StreamHandler:
             lightning.removeHandler(handler)
-
-
-def run_dir_named(hydra_cfg) -> bool:
-    """Whether the command line named the run folder (hydra.run.dir; hydra.sweep.dir for a sweep's jobs)."""
-    key = "hydra.sweep.dir" if hydra_cfg.mode == RunMode.MULTIRUN else "hydra.run.dir"
-    return any(o.split("=", 1)[0].lstrip("+") == key for o in hydra_cfg.overrides.hydra)
 
 
 def remove_failed_start(run_dir: Path) -> None:
@@ -67,7 +60,7 @@ def main(cfg: DictConfig) -> float:
         cfg.data.synthetic.root = cfg.data.root  # asked for by name: generated wherever data.root points
     try:
         prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
-        metrics = train(cfg, run_dir, run_dir_named=run_dir_named(hydra_cfg))
+        metrics = train(cfg, run_dir)
     except (*USER_ERRORS, NonFiniteLossError, OfflineError, LaunchError, MisconfigurationException) as err:
         report(err)  # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
         remove_failed_start(run_dir)

@@ -2,8 +2,7 @@
 
 - `resume=PATH`: that checkpoint.
 - `resume=auto` with a run folder that holds `checkpoints/last.ckpt` (`hydra.run.dir=runs/X`, or a
-  sweep job's folder under a reused `hydra.sweep.dir`): that run. A folder named on the command
-  line without one is an error: the user meant that run, not another.
+  sweep job's folder under a reused `hydra.sweep.dir`): that run.
 - otherwise the newest run of the experiment under `runs_dir` whose config this command continues
   (every difference is a key a resume applies, see resume_check); none: one line naming the
   candidates and how each differs. The newest run alone was once taken, and a distillation run
@@ -33,9 +32,9 @@ def _without_record(cfg: dict) -> dict:
 
 
 def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str, run_dir: Path | None = None,
-                           config: dict | None = None, run_dir_named: bool = False) -> Path | None:
-    """`config`: this command's resolved config, matched against each candidate's config.yaml
-    (None: the newest candidate). `run_dir_named`: the run folder was given on the command line."""
+                           config: dict | None = None) -> Path | None:
+    """`run_dir`: this command's run folder; `config`: its resolved config, matched against each
+    candidate's config.yaml (None: the newest candidate)."""
     if not resume:
         return None
     if resume != "auto":
@@ -43,13 +42,8 @@ def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str, 
         if not path.is_file():
             raise FileNotFoundError(f"resume checkpoint not found: {path} (resume takes auto or a .ckpt path)")
         return path
-    if run_dir is not None:
-        own = run_dir / "checkpoints" / "last.ckpt"
-        if own.is_file():
-            return own
-        if run_dir_named:
-            raise FileNotFoundError(f"resume=auto: {run_dir} holds no checkpoints/last.ckpt; give the folder of the run to "
-                                    "continue (hydra.run.dir), or leave hydra.run.dir out to continue the newest matching run")
+    if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return run_dir / "checkpoints" / "last.ckpt"
     candidates = sorted((runs_dir / experiment).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime,
                         reverse=True)
     if not candidates:

@@ -151,9 +151,8 @@ def process_flags_restored():
         torch.backends.cudnn.benchmark = flags[2]
 
 
-def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[str, float]:
-    """Fit; returns the final logged metrics (floats). `run_dir_named`: the user gave the run folder
-    (hydra.run.dir / hydra.sweep.dir), so `resume=auto` continues the run in it or stops."""
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Fit; returns the final logged metrics (floats)."""
     check_config(cfg)
     plain = plain_config(cfg)
     check_accelerator(plain["trainer"])
@@ -166,7 +165,7 @@ def train(cfg: DictConfig, run_dir: Path, run_dir_named: bool = False) -> dict[s
     check_annotations(plain["data"])
     averaging = build_averaging(plain.get("averaging"), plain["trainer"].get("max_epochs"))
     warmup = FrozenEncoderWarmup(plain["freeze_encoder_steps"]) if plain.get("freeze_encoder_steps") else None
-    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name, run_dir, plain, run_dir_named)
+    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name, run_dir, plain)
     resume = None
     if ckpt is not None:
         # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
