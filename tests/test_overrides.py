@@ -53,7 +53,8 @@ def test_train_py_stops_with_one_line_and_no_run_folder(tmp_path):
         ("model.encoder_name=resnet-18", "error: smp has no encoder 'resnet-18'; closest: resnet18"),  # at setup
     ]:
         done = subprocess.run([sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={run_dir}",
-                               f"data.root={tmp_path / 'data'}", override], cwd=REPO, capture_output=True, text=True)
+                               "data=synthetic", f"data.root={tmp_path / 'data'}", override],  # generated there on purpose
+                              cwd=REPO, capture_output=True, text=True)
         assert done.returncode != 0
         assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
         assert "Traceback" not in done.stderr
