@@ -32,7 +32,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -68,15 +67,6 @@ def quickstart(precision: str, args, work: Path) -> list:
             f"{seconds / epochs:.2f} s/epoch"]
 
 
-def forward_gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
-    """One image's forward, as the cost card counts it (a multiply-add is 2 FLOPs)."""
-    x = torch.randn(1, 3, size, size, device=device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.eval()(x)
-    model.train()
-    return counter.get_total_flops() / 1e9
-
-
 def logits(out):
     return out["out"] if isinstance(out, dict) else out
 
@@ -84,13 +74,14 @@ def logits(out):
 def train_speed(name: str, channels_last: bool, compiled: bool, args) -> list:
     """images/s of forward + backward + AdamW in bf16 autocast, the peak memory and the MFU."""
     from trashseg.memory_format import to_channels_last
-    from trashseg.tools.model_card import zoo_model
+    from trashseg.tools.model_card import forward_gflops, zoo_model
 
     device, size, batch = args.device, args.size, args.batch
     torch.manual_seed(0)
     _, model = zoo_model(name)
     model = model.to(device).train()
     gflops = forward_gflops(model, size, device)
+    model.train()
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 11, (batch, size, size), device=device)
     if channels_last:
