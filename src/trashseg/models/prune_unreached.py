@@ -1,18 +1,23 @@
-"""Drop the submodules whose parameters a network's output does not depend on, when the model is built.
+"""Submodules whose parameters never reach a network's output: found once, by a probe, when a new
+run's config is resolved; recorded there (`model.dropped`); left out of every build of that run.
 
 Library encoders keep layers their segmentation forward skips or throws away: smp's EfficientNet
 encoders keep the classifier's last convolution and norm (`_conv_head`, `_bn1`; `conv_head`, `bn2`
 for the `timm-efficientnet` ones), every smp encoder built with `encoder_depth` < 5 keeps the stages
 past that depth, and timm's EfficientNet features run those stages and discard their output. Such
 parameters never get a gradient, which DDP with `find_unused_parameters=False` refuses at the second
-step (and which the optimizer state and the checkpoints carry for nothing). One forward on a
-tiny input finds them, whatever the encoder; each becomes a pass-through `Dropped` placeholder, and
-the forward's output is checked to be bitwise the same without them.
+step (and which the optimizer state and the checkpoints carry for nothing).
+
+`drop_unreached` is the probe: one forward on a tiny input and a walk of its autograd graph find
+them, whatever the encoder; each becomes a pass-through `Dropped` placeholder, and the forward's
+output is checked to be bitwise the same without them. `drop_recorded` applies a recorded list to a
+fresh build: no forward, no autograd, so it works under `torch.inference_mode()`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -21,48 +26,15 @@ log = logging.getLogger("trashseg.models")
 
 
 class Dropped(nn.Identity):
-    """Stands where an unused submodule was: no parameters, the same slot (a ModuleList's indices keep
-    their meaning), its input passed through (a forward that ran the module threw its output away)."""
+    """Stands where an unreached submodule was: no parameters, the same slot (a ModuleList's indices
+    keep their meaning), its input passed through (a forward that ran the module threw its output away)."""
 
-    def __init__(self, name: str, original: nn.Module):
+    def __init__(self, name: str):
         super().__init__()
         self.dropped_name = name
-        # What the original held, for optimizer state saved before it was dropped (`parameters_as_built`).
-        self.built_with = [(n, tuple(p.shape), p.requires_grad) for n, p in original.named_parameters()]
-        # Checkpoints written before the module was dropped still hold its tensors: skip them.
-        self.register_load_state_dict_pre_hook(_forget_own_keys)
 
     def extra_repr(self) -> str:
         return f"{self.dropped_name}: its output did not reach the model's, dropped"
-
-
-def _forget_own_keys(module, state_dict, prefix, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        del state_dict[key]
-
-
-def dropped_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, Dropped)]
-
-
-def parameters_as_built(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """`model.named_parameters()` as it was before any module was dropped, in the same order: the
-    dropped ones on the meta device (shapes, no memory)."""
-    seen: set[int] = set()
-
-    def walk(module: nn.Module, prefix: str):
-        if isinstance(module, Dropped):
-            for name, shape, trainable in module.built_with:
-                yield prefix + name, nn.Parameter(torch.empty(shape, device="meta"), requires_grad=trainable)
-            return
-        for name, param in module.named_parameters(recurse=False):
-            if id(param) not in seen:  # shared parameters once, as named_parameters() gives them
-                seen.add(id(param))
-                yield prefix + name, param
-        for name, child in module.named_children():
-            yield from walk(child, f"{prefix}{name}.")
-
-    return list(walk(model, ""))
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -93,9 +65,18 @@ def _reached_parameters(outputs: list[torch.Tensor]) -> set[int]:
     return reached
 
 
-def unused_parameters(module: nn.Module, example: torch.Tensor) -> set[str]:
+def _check_autograd(module: nn.Module) -> None:
+    """The probe records an autograd graph: parameters made under `torch.inference_mode()` cannot
+    be part of one."""
+    if any(p.is_inference() for p in module.parameters()):
+        raise RuntimeError("the unreached-module probe needs a model built outside torch.inference_mode() (its "
+                           "parameters are inference tensors); build it for the probe without inference_mode")
+
+
+def unreached_parameters(module: nn.Module, example: torch.Tensor) -> set[str]:
     """Names of the trainable parameters of `module` that `module(example)` does not use, run in eval
     mode (running statistics stay as they are, no random numbers are drawn)."""
+    _check_autograd(module)
     was_training = module.training
     module.eval()
     try:
@@ -119,11 +100,12 @@ def _replace(module: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
-def drop_unused(module: nn.Module, example: torch.Tensor) -> list[str]:
-    """Replace each largest submodule whose parameters all go unused (see `unused_parameters`) by a
-    `Dropped` pass-through, keeping any whose output mattered all the same (used without a gradient,
-    e.g. through an argmax: the output changes without it); returns the names replaced."""
-    unused = unused_parameters(module, example)
+def drop_unreached(module: nn.Module, example: torch.Tensor) -> list[str]:
+    """The probe. Replace each largest submodule whose parameters all go unused (see
+    `unreached_parameters`) by a `Dropped` pass-through, keeping any whose output mattered all the
+    same (used without a gradient, e.g. through an argmax: the output changes without it); returns
+    the names replaced, in `named_modules` order."""
+    unused = unreached_parameters(module, example)
     if not unused:
         return []
     candidates: list[str] = []
@@ -145,12 +127,12 @@ def drop_unused(module: nn.Module, example: torch.Tensor) -> list[str]:
                 return False
             return len(outputs) == len(reference) and all(torch.equal(a, b) for a, b in zip(outputs, reference))
 
-        originals = {name: _replace(module, name, Dropped(name, module.get_submodule(name))) for name in candidates}
+        originals = {name: _replace(module, name, Dropped(name)) for name in candidates}
         if not same():  # rare: find the ones that mattered, one at a time
             for name in candidates:
                 _replace(module, name, originals[name])
             for name in candidates:
-                _replace(module, name, Dropped(name, originals[name]))
+                _replace(module, name, Dropped(name))
                 if not same():
                     _replace(module, name, originals.pop(name))
             log.warning("kept modules whose parameters get no gradient but whose output matters: %s",
@@ -158,3 +140,18 @@ def drop_unused(module: nn.Module, example: torch.Tensor) -> list[str]:
     finally:
         module.train(was_training)
     return [n for n in candidates if n in originals]
+
+
+def drop_recorded(model: nn.Module, names: Iterable[str], what: str = "the model") -> None:
+    """Replace each named submodule (a recorded `model.dropped`) by a `Dropped` pass-through; a name
+    that is no submodule stops with one line (the record belongs to another model)."""
+    for name in names:
+        try:
+            if not name:
+                raise AttributeError
+            model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"model.dropped names {name!r}, which {what} has no submodule of: the run config's record "
+                             "was made for another model; remove model.dropped from a config you edited by hand, "
+                             "or use the config the run wrote") from None
+        _replace(model, name, Dropped(name))

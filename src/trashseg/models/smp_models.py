@@ -9,8 +9,9 @@ timm model that takes it; `drop_path_rate`).
 ships (`packaged_weights`): no network; every other name downloads through smp / timm.
 
 Encoder modules the forward never uses (an EfficientNet's classifier convolution, the stages past
-`encoder_depth`) are dropped once the weights are in (`unused`): every parameter left trains,
-as DDP requires."""
+`encoder_depth`) are found by this family's probe (`encoder_probe`) when a new run's config is
+resolved, recorded in it (`model.dropped`) and left out of every build of the run (`registry`):
+every parameter left trains, as DDP requires."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from torch import nn
 from .base import SegmentationModel
 from .packaged_weights import has_packaged_weights, load_packaged
 from .pretrained import check_pretrained, download, load_local
+from .prune_unreached import drop_unreached
 from .registry import register
-from .unused import drop_unused
 
 # Architectures whose forward is smp's generic encoder -> decoder -> head.
 ARCHS = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "PAN", "DeepLabV3", "DeepLabV3Plus", "UPerNet", "Segformer",
@@ -73,7 +74,16 @@ class SmpModel(SegmentationModel):
         return self.head(self.decoder(self.encoder(x)))
 
 
-@register("smp")
+def encoder_probe(model: SmpModel) -> list[str]:
+    """The encoder's modules (model-relative names) its forward does not use: smp's decoders and
+    heads use every parameter they have."""
+    dropped = ["encoder." + n for n in drop_unreached(model.encoder, torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))]
+    if dropped:
+        log.info("smp encoder modules its forward does not use, recorded as model.dropped: %s", ", ".join(dropped))
+    return dropped
+
+
+@register("smp", probe=encoder_probe)
 def smp_model(
     num_classes: int, arch: str = "Unet", encoder_name: str = "resnet34", encoder_depth: int | None = None,
     decoder: dict | None = None, encoder_params: dict | None = None, pretrained=None,
@@ -122,9 +132,6 @@ def smp_model(
         net = build(None)
     if packaged:
         load_packaged(net.encoder.model, encoder_name[3:])
-    dropped = drop_unused(net.encoder, torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
-    if dropped:
-        log.info("smp %s: dropped encoder modules its forward does not use: %s", encoder_name, ", ".join(dropped))
     model = SmpModel(net, arch)
     if pretrained not in (None, "imagenet"):
         load_local(model.encoder, pretrained)

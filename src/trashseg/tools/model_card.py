@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from trashseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from trashseg.inference.exported import onnx_session
 from trashseg.models import build_model
+from trashseg.models.registry import with_dropped_record
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 CALIBRATION_IMAGES = 4
@@ -47,6 +48,7 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
 
 def zoo_model(name: str, num_classes: int = 11) -> tuple[dict, torch.nn.Module]:
     cfg = {**yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()), "pretrained": None}
+    cfg = with_dropped_record(cfg, num_classes)  # as a new run builds it: without the modules the probe drops
     return cfg, build_model(cfg, num_classes).eval()
 
 

@@ -22,7 +22,6 @@ from .distill import build_distillation
 from .losses import WeightedLoss
 from .nonfinite import NonFiniteStreak
 from .optim import build_optimizer, build_scheduler, horizon_problem
-from .optimizer_state import reindex_for_dropped_modules
 from .param_groups import groups_table
 from .rng_state import capture as capture_rng, restore as restore_rng
 
@@ -190,7 +189,6 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_rng = checkpoint.get("rng")
-        reindex_for_dropped_modules(checkpoint, self.model, self.cfg["optimizer"])  # a run saved before they were
         if self.unlabelled is not None:
             self.unlabelled.position = int(checkpoint.get(UNLABELLED_POSITION, 0))
 

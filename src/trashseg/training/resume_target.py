@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from trashseg.data.fold_record import RECORD_KEY
+from trashseg.models.registry import DROPPED
 
 from .resume_check import listed_changes, refused_changes
 
@@ -28,7 +29,11 @@ def _config(run: Path) -> dict | None:
 
 
 def _without_record(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k != RECORD_KEY}  # added at start from the fold files, never typed
+    """Without what a run records at its start, never typed: its fold files and model.dropped."""
+    cfg = {k: v for k, v in cfg.items() if k != RECORD_KEY}
+    if isinstance(cfg.get("model"), dict):
+        cfg["model"] = {k: v for k, v in cfg["model"].items() if k != DROPPED}
+    return cfg
 
 
 def find_resume_checkpoint(resume: str | None, runs_dir: Path, experiment: str, run_dir: Path | None = None,

@@ -28,6 +28,7 @@ from trashseg.checkpoint_file import read_checkpoint, run_config
 from trashseg.data.coco import read_coco
 from trashseg.data.fold_record import RECORD_KEY, file_record, record_folds
 from trashseg.data.synthetic import is_synthetic, synthetic_note
+from trashseg.models.registry import record_dropped_modules
 
 from .averaging import build_averaging
 from .best_checkpoint import BestWeightsCheckpoint
@@ -174,6 +175,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             raise ValueError(f"{ckpt} holds the weights only (a best.ckpt); resume from {ckpt.parent / 'last.ckpt'}, "
                              "which holds the whole training state")
         add_fold_record(plain, run_config(resumed, ckpt), ckpt)
+        record_dropped_modules(plain, run_config(resumed, ckpt))  # model.dropped: the run's own record, or none
         changed = check_resume_config(run_config(resumed, ckpt), plain, str(ckpt))
         resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
                   "changed": changed, "wandb_run_id": resumed.get("wandb_run_id")}
@@ -184,6 +186,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                               "resume=auto (or resume=PATH), or give a new hydra.run.dir")
     else:
         add_fold_record(plain, None, None)
+        record_dropped_modules(plain, None)  # model.dropped: the probe runs here, once per run
     with claimed(run_dir):
         if resume is None and used(run_dir):  # a run that started and finished while this one set up
             raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); give a new hydra.run.dir")
