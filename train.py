@@ -1,7 +1,7 @@
 """Train a segmentation model from the Hydra configs in configs/.
 
     python train.py experiment=quickstart
-    python train.py experiment=fcn8s_vgg16 optimizer.lr=1e-3 trainer.max_epochs=30
+    python train.py experiment=competition/fcn8s_vgg16 optimizer.lr=1e-3 trainer.max_epochs=30
     python train.py -m experiment=quickstart optimizer.lr=1e-3,3e-4      # one run folder each
     python train.py experiment=quickstart resume=auto                    # continue the newest matching run
 """

@@ -6,7 +6,7 @@
 3. the same student, same seed and steps, distilled from the teacher's best.ckpt
    (`distill=kd`, --alpha, --temperature).
 
-Every run is the 180x240 CPU recipe (`experiment=cpu_recipe_180`: 128x128 object
+Every run is the 180x240 CPU recipe (`experiment=bench/cpu_recipe_180`: 128x128 object
 crops of 180x240 frames, batch 16, fully weighted CE + Dice, AdamW 2e-3 with a poly schedule sized to the
 budget) with no time limit: the same step budget for all, validated every --steps / 2 steps; the best
 val mIoU of each run and its per-class IoU are printed. `--data synthetic` runs the same three on the built-in synthetic data
@@ -36,7 +36,7 @@ from markdown_row import record
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 RECIPES = {
-    "trashcan": ["experiment=cpu_recipe_180", "trainer.max_time=null"],
+    "trashcan": ["experiment=bench/cpu_recipe_180", "trainer.max_time=null"],
     "synthetic": ["experiment=quickstart", "logger=csv"],
 }
 

@@ -1,7 +1,7 @@
 """The winning workflow on ../shared/data/trashcan, measured with the real commands:
 
 1. the pool = TrashCan train + val (2,500 frames), video-grouped 3 folds (`trashseg.data.kfold --group-by vid_NNNNNN`);
-2. the 180x240 CPU recipe (`experiment=cpu_recipe_180`: unet_tiny, 128x128 object crops of 180x240
+2. the 180x240 CPU recipe (`experiment=bench/cpu_recipe_180`: unet_tiny, 128x128 object crops of 180x240
    frames, full class weights; predictions at `--scales 0.5`) on
    every fold, the same number of epochs per fold, one sweep folder;
 3. the OOF score (`trashseg.inference.oof`) beside each fold's own best val mIoU;
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "data" / "trashcan"
 # The 180x240 CPU recipe the workflow figures (docs/results/workflow.md) were measured with (experiment=cpu_recipe until
 # 2026-12-01), each model for --epochs epochs (its poly schedule sized to them).
-RECIPE = ["experiment=cpu_recipe_180", "trainer.enable_progress_bar=false", "trainer.max_time=null", "data.num_workers=2"]
+RECIPE = ["experiment=bench/cpu_recipe_180", "trainer.enable_progress_bar=false", "trainer.max_time=null", "data.num_workers=2"]
 
 
 def run(args: list[str]) -> float:

@@ -31,7 +31,7 @@ COMMON = ["trainer.enable_progress_bar=false", "trainer.max_time=null", "++train
           "data.num_workers=2"]
 TINY = "experiment=cpu_recipe_unet_tiny"  # the recipe until 2026-12-01; cpu_recipe builds on it
 WHOLE_FRAMES = ["augment=trashcan"]  # 180x240 frames instead of object crops
-R180 = "experiment=cpu_recipe_180"  # 128x128 object crops of 180x240 frames, full class weights
+R180 = "experiment=bench/cpu_recipe_180"  # 128x128 object crops of 180x240 frames, full class weights
 R10T = ["model=unet_resnet10t"]
 RECIPE = "experiment=cpu_recipe"
 PRE = "experiment=cpu_recipe_pretrained"  # Unet on ImageNet EfficientNet-Lite0 (installed package), 180x240
@@ -67,10 +67,10 @@ ROWS = {
     "cpu_recipe, 26 epochs": (RECIPE, 26, []),
     "cpu_recipe at 180x240 (64x64 crops)": (RECIPE, 20, [f"augment.{split}.0.params.{side}={size}" for split in ("train", "val")
                                                           for side, size in (("height", 180), ("width", 240))]),
-    "cpu_recipe + 30% crops anywhere": (RECIPE, 20, ["augment=trashcan_object_crops_small_mixed"]),
-    "cpu_recipe + copy-paste (Metal)": (RECIPE, 20, ["+augment/copy_paste=trashcan_metal"]),
-    "cpu_recipe + Lovasz": (RECIPE, 20, ["loss=ce_dice_lovasz_balanced_mild"]),
-    "cpu_recipe + Lovasz, seed 1": (RECIPE, 20, ["loss=ce_dice_lovasz_balanced_mild", "seed=1"]),
+    "cpu_recipe + 30% crops anywhere": (RECIPE, 20, ["augment=ablation/trashcan_object_crops_small_mixed"]),
+    "cpu_recipe + copy-paste (Metal)": (RECIPE, 20, ["+augment/copy_paste=ablation/trashcan_metal"]),
+    "cpu_recipe + Lovasz": (RECIPE, 20, ["loss=ablation/ce_dice_lovasz_balanced_mild"]),
+    "cpu_recipe + Lovasz, seed 1": (RECIPE, 20, ["loss=ablation/ce_dice_lovasz_balanced_mild", "seed=1"]),
     "cpu_recipe + weight decay 0.05": (RECIPE, 20, ["optimizer.weight_decay=0.05"]),
     "cpu_recipe, lr 4e-3": (RECIPE, 20, ["optimizer.lr=4.0e-3"]),
     "cpu_recipe, lr 1e-3": (RECIPE, 20, ["optimizer.lr=1.0e-3"]),

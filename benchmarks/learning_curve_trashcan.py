@@ -1,4 +1,4 @@
-"""Learning curve on ../shared/data/trashcan (train -> val): `experiment=trashcan_curve`
+"""Learning curve on ../shared/data/trashcan (train -> val): `experiment=bench/trashcan_curve`
 (unet_tiny, CPU) for a fixed wall-time budget, then the val mIoU at each validation and the
 per-class IoU of the best one, read back from the run's metrics.csv.
 
@@ -24,7 +24,7 @@ def train(run_dir: Path, minutes: float, overrides: list[str]) -> float:
     seconds = int(minutes * 60)  # Lightning's max_time is DD:HH:MM:SS
     budget = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", "experiment=trashcan_curve",
+    subprocess.run([sys.executable, "train.py", "experiment=bench/trashcan_curve",
                     "trainer.enable_progress_bar=false", f"trainer.max_time={budget}",
                     f"hydra.run.dir={run_dir}", *overrides], cwd=REPO, check=True)
     return time.perf_counter() - start

@@ -35,7 +35,7 @@ def test_unknown_keys_are_named_with_the_closest(args, message):
 
 @pytest.mark.parametrize("args", [
     ["experiment=quickstart", "optimizer.lr=1e-3", "model.decoder.decoder_channels=[8,8,8,8,8]"],
-    ["experiment=fcn8s_vgg16", "model.variant=16s", "data.batch_size=4"],  # keys the experiment's model has
+    ["experiment=competition/fcn8s_vgg16", "model.variant=16s", "data.batch_size=4"],  # keys the experiment's model has
     ["-m", "experiment=quickstart", "optimizer.lr=1e-3,3e-4", "hydra.run.dir=x", "hydra.sweep.dir=y"],
     ["+optimizer.new_key=1", "~trainer.max_time", "++seed=3"],  # additions and deletions: Hydra's business
     ["+augment/copy_paste=rare", "augment.copy_paste.p=0.8"],  # a key of a group added on the command line
@@ -87,7 +87,7 @@ def test_every_trainer_key_the_docs_name_is_in_every_trainer_config():
 @pytest.mark.parametrize("args", [
     ["trainer.max_time=00:00:15:00"],  # as the README's fault table writes it
     ["trainer.max_epochs=-1", "trainer.max_steps=100", "trainer.val_check_interval=0.5"],
-    ["experiment=trashcan_curve", "trainer.max_time=00:00:05:00", "trainer.val_check_interval=0.25"],
+    ["experiment=bench/trashcan_curve", "trainer.max_time=00:00:05:00", "trainer.val_check_interval=0.25"],
 ])
 def test_the_trainer_keys_the_readme_names_need_no_plus(args):
     from trashseg.training.config_check import check_config

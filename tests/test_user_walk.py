@@ -128,11 +128,11 @@ def test_asked_for_synthetic_data_a_stop_before_validation_and_its_resume(tmp_pa
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without a GPU")
 def test_a_gpu_recipe_on_a_cpu_machine_is_one_line_naming_trainer_cpu(tmp_path):
-    line = the_error(train_py("experiment=fcn8s_vgg16", "model.pretrained=null", cwd=tmp_path))
+    line = the_error(train_py("experiment=competition/fcn8s_vgg16", "model.pretrained=null", cwd=tmp_path))
     assert "trainer.accelerator=gpu" in line and "add trainer=cpu" in line
     assert list(tmp_path.iterdir()) == []  # no run folder
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):  # the fix it names passes
-        cfg = compose(config_name="train", overrides=["experiment=fcn8s_vgg16", "trainer=cpu"])
+        cfg = compose(config_name="train", overrides=["experiment=competition/fcn8s_vgg16", "trainer=cpu"])
     run_module.check_accelerator(run_module.plain_config(cfg)["trainer"])
 
 
