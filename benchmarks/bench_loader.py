@@ -31,7 +31,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 class BaselineDataset:
-    """The official baseline's loader (DESIGN.md section 2), kept faithful on purpose."""
+    """The official baseline's loader (docs/competition.md, The baseline loader), kept faithful on purpose."""
 
     def __init__(self, root: Path, ann_file: str):
         self.root = root
@@ -42,7 +42,7 @@ class BaselineDataset:
         return len(self.coco.getImgIds())
 
     def __getitem__(self, index):
-        image_id = self.coco.getImgIds(imgIds=index)  # the baseline's lookup (DESIGN.md section 2, mistake 1), on purpose
+        image_id = self.coco.getImgIds(imgIds=index)  # the baseline's lookup (docs/competition.md, mistake 1), on purpose
         image_infos = self.coco.loadImgs(image_id)[0]
         images = cv2.imread(str(self.root / image_infos["file_name"]))
         images = cv2.cvtColor(images, cv2.COLOR_BGR2RGB).astype(np.float32)

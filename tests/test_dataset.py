@@ -13,8 +13,9 @@ from trashseg.data import dataset as dataset_module
 
 
 def baseline_masks(root, ann_file):
-    """DESIGN.md section 2's baseline rule, written independently with pycocotools' COCO:
-    annotations sorted by len(segmentation[0]) ascending, later ones overwrite earlier ones."""
+    """The official baseline's overlap rule (docs/competition.md, Overlapping objects), written
+    independently with pycocotools' COCO: annotations sorted by len(segmentation[0]) ascending, later
+    ones overwrite earlier ones."""
     coco = COCO(str(root / ann_file))
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     out = {}

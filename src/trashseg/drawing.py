@@ -1,4 +1,4 @@
-"""Pictures of labels in the class colours of DESIGN.md: image | truth | prediction | errors grids
+"""Pictures of labels in the class colours of docs/competition.md (Classes and colours): image | truth | prediction | errors grids
 and the row-normalised confusion matrix. Neutral ground: the OOF scorer (inference) and the
 prediction pictures (tools) both draw with it, so the library never imports the tools."""
 

@@ -1,4 +1,4 @@
-"""The competition's metric as a torchmetrics Metric (DESIGN.md section 1).
+"""The competition's metric as a torchmetrics Metric (docs/competition.md, The metric).
 
 One confusion matrix summed over the whole evaluated set (and across processes):
 IoU_c = TP / (TP + FP + FN); mIoU = mean over classes whose union is non-zero. Also pixel

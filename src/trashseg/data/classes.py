@@ -1,4 +1,4 @@
-"""The competition's class list and display colours (DESIGN.md section 1).
+"""The competition's class list and display colours (docs/competition.md, Classes and colours).
 
 Labels are indices into the class list of the data config; index 0 is Background, which is
 never a COCO category. Other datasets bring their own list through a data YAML.

@@ -1,7 +1,7 @@
 """Reading COCO annotation files and turning segmentations into RLE masks.
 
 Plain `json` instead of a pycocotools COCO object: the dataset keeps only what it needs
-(DESIGN.md section 2, mistake 9), and pycocotools' mask API does the geometry.
+(docs/competition.md, What the usual baseline code gets wrong, mistake 9), and pycocotools' mask API does the geometry.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Semantic masks from COCO objects under an explicit overlap policy (DESIGN.md section 1).
+"""Semantic masks from COCO objects under an explicit overlap policy (docs/competition.md,
+Overlapping objects).
 
 Objects are drawn one after another, a later object overwriting an earlier one where they
 overlap; the policy decides the order:

@@ -1,7 +1,7 @@
 """Image normalisation on the device: the loader hands over uint8, the model wants floats.
 
 Doing it here rather than in the DataLoader keeps host work and host-to-device bytes about
-4x lower (DESIGN.md section 3).
+4x lower (docs/competition.md, Images reach the device as uint8).
 """
 
 import torch

@@ -1,4 +1,4 @@
-"""Pictures of a checkpoint's predictions, in the class colours of DESIGN.md.
+"""Pictures of a checkpoint's predictions, in the class colours of docs/competition.md.
 
     python -m trashseg.tools.visualize --checkpoint CKPT --split val [--n 8] --out DIR
 
