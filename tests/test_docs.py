@@ -3,8 +3,11 @@
 Every relative link resolves (file, and #anchor by GitHub's heading slugs); every config value named
 in code (`experiment=cpu_recipe`, `+augment/copy_paste=rare`, `model=a,b`) is a YAML in configs/; every
 `python -m trashseg....` module exists and its --help exits 0; every benchmark script named exists;
-every test the fault table names is defined in its file. Each checker returns the problems it finds,
-and the negative cases below feed it a broken copy to show it does find them.
+every test the fault table names is defined in its file. The code cites only the repository's own
+docs (no DESIGN notes from outside it), and every `docs/page.md, Section` it cites is a heading there.
+The README's Performance table is headlines: each row one short figure with its date, the command of
+its run and a link to its results page. Each checker returns the problems it finds, and the negative
+cases below feed it a broken copy to show it does find them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ CONFIG_VALUE = re.compile(r"(?<![\w.+/-])\+{0,2}(" + "|".join(GROUPS) + r")((?:/
 MODULE = re.compile(r"python -m (trashseg(?:\.\w+)*)")
 BENCHMARK = re.compile(r"\bbenchmarks/(\w+\.py)\b")
 TEST_REF = re.compile(r"`((?:tests/[\w/]+/)?[\w/]*?test_\w+\.py)?::(test_\w+)(?:\[[^\]]*\])?`")
+# Code that may cite the manual: a citation is `docs/<page>.md, Section` or `docs/<page>.md (Section`.
+CODE_FILES = sorted([*(REPO / "src").rglob("*.py"), *(REPO / "tests").rglob("*.py"), *(REPO / "benchmarks").glob("*.py"),
+                     *CONFIGS.rglob("*.yaml"), REPO / "train.py", REPO / "inference.py"])
+CODE_FILES.remove(Path(__file__).resolve())  # this file's negative cases cite pages that do not exist on purpose
+SECTION_CITATION = re.compile(r"docs/([\w/]+\.md)(?:,| \()\s*([A-Z][\w ]*\w)")
+OUTSIDE_NOTES = re.compile(r"DESIGN\.md")  # the design notes beside the repository, not in it
+DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+HEADLINE_CHARS = 90  # the figure cell of a Performance row: a headline, the detail stays on its results page
 
 
 def code_spans(text: str) -> list[str]:
@@ -148,6 +159,38 @@ def help_exit_code(module: str) -> int | str:
     return 0
 
 
+def uncited_sections(text: str, docs: Path = REPO / "docs") -> list[str]:
+    """The `docs/page.md, Section` citations in `text` whose page or heading does not exist."""
+    problems = []
+    for page, section in SECTION_CITATION.findall(text):
+        path = docs / page
+        if not path.is_file():
+            problems.append(f"docs/{page}: no such page")
+        elif slug(section) not in anchors(path):
+            problems.append(f"docs/{page}, {section}: no such heading")
+    return problems
+
+
+def performance_rows(readme: str) -> list[list[str]]:
+    """The cells of each body row of the README's Performance table."""
+    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]  # past the header and its rule
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def unheadlined_rows(readme: str) -> list[str]:
+    """Performance rows that are not a headline: what | figure | date + command | results link."""
+    problems = []
+    for what, figure, run, detail in (row + [""] * (4 - len(row)) for row in performance_rows(readme)):
+        if len(figure) > HEADLINE_CHARS:
+            problems.append(f"{what}: the figure runs to {len(figure)} characters (a headline: {HEADLINE_CHARS})")
+        if not DATE.search(run) or run.count("`python ") != 1:
+            problems.append(f"{what}: the run needs its date and one command")
+        if "(docs/results/" not in detail:
+            problems.append(f"{what}: no link to its results page")
+    return problems
+
+
 ALL_TEXT = {doc.relative_to(REPO).as_posix(): doc.read_text() for doc in DOC_FILES}
 
 
@@ -180,6 +223,18 @@ def test_every_module_named_has_a_help_that_exits_0(module):
 
 def test_every_test_the_fault_table_names_exists():
     assert missing_fault_tests(FAULT_TABLE.read_text()) == []
+
+
+@pytest.mark.parametrize("path", CODE_FILES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_code_cites_the_repositorys_own_docs(path):
+    text = path.read_text()
+    assert not OUTSIDE_NOTES.search(text), "cite docs/competition.md (or another page of docs/), not the design notes"
+    assert uncited_sections(text) == []
+
+
+def test_the_performance_table_is_headlines():
+    assert len(performance_rows(ALL_TEXT["README.md"])) >= 10
+    assert unheadlined_rows(ALL_TEXT["README.md"]) == []
 
 
 # The checkers find what is broken: a copy of a doc with one fault each.
@@ -226,3 +281,24 @@ def test_a_missing_fault_test_is_found():
 def test_a_module_without_a_working_help_is_found():
     assert help_exit_code("trashseg.no_such_module") != 0
     assert help_exit_code("trashseg.submission") == 0
+
+
+def test_a_citation_of_a_missing_page_or_heading_is_found(tmp_path):
+    (tmp_path / "page.md").write_text("# Page\n\n## The metric\n")
+    text = ('"""(docs/page.md, The metric) (docs/page.md, No such part) docs/gone.md, Anything\n'
+            'docs/page.md, mistake 9 (a numbered item, not a heading)"""')
+    assert uncited_sections(text, tmp_path) == ["docs/page.md, No such part: no such heading", "docs/gone.md: no such page"]
+    assert OUTSIDE_NOTES.search("# (DESIGN" + ".md section 1)")
+
+
+def test_a_performance_row_that_is_not_a_headline_is_found():
+    readme = ("## Performance\n\n| what | headline | run | detail |\n|---|---|---|---|\n"
+              "| ok | **2x** the baseline | 2026-12-04, `python benchmarks/b.py` | [b](docs/results/b.md) |\n"
+              f"| long | {'x' * (HEADLINE_CHARS + 1)} | 2026-12-04, `python benchmarks/b.py` | [b](docs/results/b.md) |\n"
+              "| undated | 2x | `python benchmarks/b.py`; `python benchmarks/c.py` | [b](docs/results/b.md) |\n"
+              "| unlinked | 2x | 2026-12-04, `python benchmarks/b.py` | see below |\n\n## Next\n| not | a | row | here |\n")
+    assert unheadlined_rows(readme) == [
+        f"long: the figure runs to {HEADLINE_CHARS + 1} characters (a headline: {HEADLINE_CHARS})",
+        "undated: the run needs its date and one command",
+        "unlinked: no link to its results page",
+    ]
