@@ -35,6 +35,25 @@ def recycle_sample(shared_data) -> Path:
     return shared_data / "recycle-sample"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: runs jobs on a one-node SLURM cluster this pytest worker starts "
+                                       "(tests/slurm_cluster.py); skipped where SLURM is not installed, except under CI=true")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM cluster of this pytest worker's own (config, ports, munge, accounting), stopped at the end."""
+    from slurm_cluster import SlurmCluster, unavailable
+
+    if reason := unavailable():
+        if os.environ.get("CI") == "true":  # CI installs SLURM (.ci/run): its absence there is a failure
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    cluster = SlurmCluster().start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A small synthetic dataset in the competition layout: 64 px, 24 train / 10 val / 6 test."""
