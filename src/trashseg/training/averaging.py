@@ -8,6 +8,8 @@ resumed run continues the same average. On top of Lightning:
   as best.ckpt, the weights the run started from;
 - the average lives on the training device unless `device` says otherwise (Lightning makes it
   in `setup`, before the model is moved, so on the CPU);
+- EMA leaves out a step that GradScaler skipped (16-mixed): the model then is the previous
+  step's over again (weights kept, buffers put back: training.nonfinite), which would count twice;
 - SWA averages the weights at the end of each epoch from `swa_epoch_start` on, and then
   recomputes the BatchNorm statistics for the averaged weights with a pass over training batches
   (`torch.optim.swa_utils.update_bn`): averaged weights need statistics of their own.
@@ -77,6 +79,16 @@ class EMA(AverageFromFirstUpdate, EMAWeightAveraging):
             raise ValueError(f"averaging.update_every_n_steps = {update_every_n_steps}: give a whole number >= 1")
         super().__init__(device=device, decay=decay, update_every_n_steps=update_every_n_steps,
                          update_starting_at_step=update_starting_at_step)
+        self._module: L.LightningModule | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._module = pl_module
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        # The skip is read (a host sync) only for a step that is due; the update syncs there anyway.
+        skipped = getattr(self._module, "last_step_skipped", None)
+        return super().should_update(step_idx, epoch_idx) and not (step_idx is not None and skipped and skipped())
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from trashseg.models import build_model
 
 from .distill import build_distillation
 from .losses import WeightedLoss
-from .nonfinite import NonFiniteStreak
+from .nonfinite import BuffersKeptOnSkip, NonFiniteStreak
 from .optim import build_optimizer, build_scheduler, horizon_problem
 from .param_groups import groups_table
 from .rng_state import capture as capture_rng, restore as restore_rng
@@ -63,6 +63,7 @@ class SegmentationModule(L.LightningModule):
         limit = cfg.get("nonfinite_losses_in_a_row")
         self.nonfinite_limit = NonFiniteStreak(3 if limit is None else int(limit)).limit  # a bad value stops here
         self.nonfinite: NonFiniteStreak | None = None  # 16-mixed: skipped steps in a row, counted from on_train_start
+        self.buffers_kept: BuffersKeptOnSkip | None = None  # 16-mixed: a skipped step's forward undone in the buffers
         self.channels_last = False  # decided in setup(), once the device is known
         # Teachers load here, before any run file is written: a bad path or class list stops the start.
         self.distiller, self.unlabelled = build_distillation(cfg, self.classes)
@@ -130,8 +131,24 @@ class SegmentationModule(L.LightningModule):
             self._stop_on_nonfinite_streak()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.buffers_kept is not None:
+            self.buffers_kept.before_forward()
         optimizer = self.optimizers().optimizer if hasattr(self.optimizers(), "optimizer") else self.optimizers()
         self.log_dict({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}, on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.buffers_kept is not None:
+            self.buffers_kept.before_step()
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, before any on_train_batch_end: callbacks (EMA, checkpoints) see the buffers put back.
+        if self.buffers_kept is not None:
+            self.buffers_kept.after_step()
+
+    def last_step_skipped(self) -> bool:
+        """Whether GradScaler skipped the last optimizer step (a host sync; False without a scaler)."""
+        return self.buffers_kept is not None and self.buffers_kept.last_step_skipped()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
@@ -197,8 +214,10 @@ class SegmentationModule(L.LightningModule):
         if self._resumed_rng:
             restore_rng(self._resumed_rng, self.device)
             self._resumed_rng = None
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # 16-mixed
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:  # 16-mixed
             self.nonfinite = NonFiniteStreak(self.nonfinite_limit)
+            self.buffers_kept = BuffersKeptOnSkip(self, scaler)
 
     def on_train_end(self) -> None:
         if self.unlabelled is not None:

@@ -9,11 +9,19 @@ skipping will not end them: `nonfinite_losses_in_a_row` of them stop the run.
 Each step only records its flag on the device; the flags are read every `log_every_n_steps`
 batches (when Lightning reads the logged metrics anyway), and reduced over the processes first:
 a non-finite loss on any rank makes every rank skip the step (the gradients are summed).
+
+A skipped step keeps the weights, but the forward that overflowed has already moved the buffers
+(BatchNorm's running mean and variance, its batch count): one NaN there stays for good, and
+validation, checkpoints and the EMA would carry it. `BuffersKeptOnSkip` puts the buffers back
+where the scaler skipped the step, whatever made it skip (a NaN loss, or a finite loss whose
+gradients overflowed): a skipped step leaves no trace in the model. It decides on the device,
+without a host sync, from the scale, which GradScaler lowers on a skipped step and only then.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 class NonFiniteStreak:
@@ -42,3 +50,48 @@ class NonFiniteStreak:
 
     def exceeded(self, reduce_max=lambda t: t) -> bool:
         return self.read(reduce_max) >= self.limit
+
+
+class BuffersKeptOnSkip:
+    """Under a GradScaler: the module's buffers as they were before an optimizer step's first
+    forward come back when the scaler skips that step (with gradient accumulation, every forward
+    of the skipped step's batches is undone). Buffers are small: one copy per step, per dtype."""
+
+    def __init__(self, module: nn.Module, scaler: torch.amp.GradScaler):
+        self.module, self.scaler = module, scaler
+        self._saved: list[tuple[list[torch.Tensor], torch.Tensor]] | None = None  # (buffers, flat copy) per dtype
+        self._scale: torch.Tensor | None = None
+        self.skipped: torch.Tensor | None = None  # the last optimizer step's verdict, on the device
+
+    def before_forward(self) -> None:
+        """At each training batch's start; copies only at the first batch of an optimizer step.
+        The buffers are listed here, not once: moving or reformatting a module replaces them."""
+        if self._saved is None:
+            groups: dict[torch.dtype, list[torch.Tensor]] = {}
+            for buffer in self.module.buffers():
+                groups.setdefault(buffer.dtype, []).append(buffer)
+            self._saved = [(buffers, flat(buffers)) for buffers in groups.values()]  # cat copies
+
+    def before_step(self) -> None:
+        """After the backward (the scale exists from the first step on), before the scaler steps."""
+        # the scale as a device tensor (get_scale() would sync); update() changes it in place
+        self._scale = self.scaler._get_scale_async().clone()
+
+    def after_step(self) -> None:
+        """Puts the buffers back where the step was skipped (GradScaler lowered its scale)."""
+        if self._saved is None or self._scale is None:
+            return
+        self.skipped = self.scaler._get_scale_async() < self._scale
+        for buffers, saved in self._saved:
+            kept = torch.where(self.skipped, saved, flat(buffers))
+            torch._foreach_copy_(buffers, [part.view_as(b) for part, b in zip(kept.split([b.numel() for b in buffers]), buffers)])
+        self._saved, self._scale = None, None
+
+    def last_step_skipped(self) -> bool:
+        """A host sync: read only where a step's outcome decides something on the host (an EMA update)."""
+        return self.skipped is not None and bool(self.skipped)
+
+
+def flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One 1-D tensor of them all, in one kernel."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
