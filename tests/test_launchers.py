@@ -100,13 +100,15 @@ def test_local_jobs_side_by_side_each_get_their_own_gpus():
     assert [gpu_slot(k, 2, 4) for k in range(3)] == [[0, 1], [2, 3], [0, 1]]
     gpu = {"accelerator": "gpu", "strategy": "auto", "devices": 1}
     job = Job(True, "submitit_local", 2, tasks=1, cluster="local")
-    assert place_job(gpu, job, gpus_visible=4, gpus_physical=4, max_batch_size=4)["devices"] == [2]
-    with pytest.raises(LaunchError, match=r"add hydra.sweeper.max_batch_size=4"):
-        place_job(gpu, job, 4, 4, max_batch_size=None)  # 5 folds at once on 4 GPUs would share one
+    four, eight = ["0", "1", "2", "3"], [str(k) for k in range(8)]
+    basic = {"max_batch_size": 4}
+    assert place_job(gpu, job, job_gpus=four, allotment=four, sweeper=basic)["devices"] == [2]
+    with pytest.raises(LaunchError, match=r"set hydra.sweeper.max_batch_size=4"):
+        place_job(gpu, job, four, four, {"max_batch_size": None})  # 5 folds at once on 4 GPUs would share one
     with pytest.raises(LaunchError, match=r"hydra.launcher.gpus_per_node=8"):
-        place_job(gpu, job, 1, 8, max_batch_size=4)  # submitit shows GPU 0 alone to every job
+        place_job(gpu, job, ["0"], eight, basic)  # submitit shows GPU 0 alone to every job
     cpu = {"accelerator": "cpu", "strategy": "auto", "devices": 1}
-    assert place_job(cpu, job, 0, 0, None) == cpu
+    assert place_job(cpu, job, [], [], {"max_batch_size": None}) == cpu
     with pytest.raises(LaunchError, match="needs 8 GPU"):
         gpu_slot(0, 8, 4)
 
