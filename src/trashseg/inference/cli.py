@@ -17,7 +17,7 @@ from trashseg.metric import SegmentationMetric, foreground_iou
 from trashseg.submission import SubmissionWriter, to_submission_size
 
 from .loop import build_loader, predict_labels
-from .options import add_data_args, add_model_args, check_fold_files, load_predictor
+from .options import add_data_args, add_model_args, check_fold_files, load_predictor, settings_record
 from .predictor import Predictor
 from .probs_store import ProbsWriter
 from .shards import parse_shard
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="CSV (test) or JSON of metrics (val); default submissions/<run>.csv or "
                    "submissions/<run>_val.json, <run> naming the first checkpoint's run (e.g. quickstart_<time>)")
     p.add_argument("--save-probs", type=Path, help="folder for per-image float16 probabilities (11 x 512 x 512 x 2 bytes "
-                   "= 5.8 MB per image, 4.7 GB for 819 test images)")
+                   "= 5.8 MB per image, 4.7 GB for 819 test images; float32, twice that, for a --shard)")
     p.add_argument("--size", type=int, default=256, help="submission mask size")
     p.add_argument("--shard", type=parse_shard, metavar="I/N",
                    help="predict images I, I+N, ... of the split only, into --save-probs (one process per GPU; merge the "
@@ -143,12 +143,20 @@ def default_out(source, split: str) -> Path:
     return Path("submissions") / (f"{name}.csv" if split == "test" else f"{name}_val.json")
 
 
-def run_shard(predictor, loader, args: argparse.Namespace, classes: list[str], sources: list[str]) -> str:
-    """One part of a split's probabilities (inference.shards merges the parts)."""
+def run_shard(predictor, loader, args: argparse.Namespace, classes: list[str], sources: list[str], made_by: dict) -> str:
+    """One part of a split's probabilities (inference.shards merges the parts).
+
+    Stored in float32, the precision one process argmaxes (and post-processes) in: float16, as a
+    plain --save-probs folder stores them, rounds near-tie pixels onto ties that argmax then breaks
+    towards the lower class (5,864 of 2,621,440 labels changed in one reviewed ensemble).
+    Labelling the one-process CSV from float16 instead would make every default CSV lose that
+    information, so the shards pay twice the disk (11.5 MB a 512 px image with 11 classes) for a
+    merged CSV that is the one-process CSV byte for byte: both go through postprocess() on the
+    same float32 numbers."""
     index, count = args.shard
     total = len(loader.dataset.dataset)  # the split before sharding
     shard = {"index": index, "count": count, "total": total}
-    with ProbsWriter(args.save_probs, classes, sources, shard) as probs_writer:
+    with ProbsWriter(args.save_probs, classes, sources, shard, made_by, dtype=np.float32) as probs_writer:
         for _ in predictions(predictor, loader, probs_writer, "none"):
             pass
     return (f"wrote shard {index}/{count} ({len(loader.dataset)} of {total} images) to {args.save_probs}; when every "
@@ -162,11 +170,14 @@ def run(args: argparse.Namespace) -> str:
     loader = build_loader(models[0].cfg, args.split, classes, args.data_root, args.ann, args.batch_size,
                           args.num_workers, args.device, shard=args.shard)
     sources = [str(m.path) for m in models]
+    dataset = getattr(loader.dataset, "dataset", loader.dataset)  # a shard's Subset: the whole split's dataset
+    made_by = settings_record(args, models, predictor, dataset, args.split) if args.save_probs else None
     if args.shard:
-        return run_shard(predictor, loader, args, classes, sources)
+        return run_shard(predictor, loader, args, classes, sources, made_by)
     out = args.out or default_out(models[0], args.split)
     # a failed run removes its half-written probabilities folder at once
-    with ProbsWriter(args.save_probs, classes, sources) if args.save_probs else contextlib.nullcontext() as probs_writer:
+    with (ProbsWriter(args.save_probs, classes, sources, made_by=made_by) if args.save_probs
+          else contextlib.nullcontext()) as probs_writer:
         if args.split == "test":
             return run_test(predictor, loader, out, args.size, probs_writer, args.post)
         return run_val(predictor, loader, classes, out, args.size, probs_writer, args.post)

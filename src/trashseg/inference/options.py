@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from trashseg.data.fold_record import verify_fold_file
+from trashseg.data.dataset import CocoSegmentationDataset
+from trashseg.data.fold_record import sha256_of, verify_fold_file
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
 from .exported import LoadedExport, load_exported
@@ -118,6 +119,37 @@ def load_predictor(args: argparse.Namespace) -> tuple[list[LoadedCheckpoint | Lo
     sources = [load_checkpoint(p) for p in checkpoint_paths(args)] + [load_exported(p) for p in args.model]
     classes = same_classes(sources)
     return sources, classes, Predictor(sources, args.weights, args.tta, args.scales, args.device, args.resize)
+
+
+def model_digests(models: list[LoadedCheckpoint | LoadedExport]) -> list[str]:
+    """The sha256 of each model's file, each distinct file read once: a model is its content, so the
+    same checkpoint named by another path (or copied) is the same model. Cheap beside loading it:
+    95 ms for a 143 MiB checkpoint that takes 240 ms to load (2026-12-06, docs/inference.md, Several GPUs)."""
+    digests: dict[Path, str] = {}
+    for model in models:
+        path = Path(model.path).resolve()
+        if path not in digests:
+            digests[path] = sha256_of(path)
+    return [digests[Path(m.path).resolve()] for m in models]
+
+
+def settings_record(args: argparse.Namespace, models: list[LoadedCheckpoint | LoadedExport], predictor: Predictor,
+                    dataset: CocoSegmentationDataset, split: str) -> dict:
+    """What made a run's probabilities, as a --save-probs folder records it (`made_by`): the models by
+    content with their normalised weights, the predictor's flags, `--post`, and the data (split, root,
+    annotation file by content, and the image folder the crf post-processing reads again)."""
+    return {
+        "models": [{"sha256": digest, "weight": weight} for digest, weight in zip(model_digests(models), predictor.weights)],
+        "tta": args.tta,
+        "scales": [float(s) for s in args.scales],
+        "resize": list(args.resize) if args.resize else None,
+        "post": args.post,
+        "split": split,
+        "data_root": str(dataset.root.resolve()),
+        "annotation": str(dataset.ann_path.resolve()),
+        "annotation_sha256": sha256_of(dataset.ann_path),
+        "image_folder": str(dataset.image_root.resolve()),
+    }
 
 
 def check_fold_files(source: LoadedCheckpoint | LoadedExport, sides: tuple[str, ...], data_root: Path | None) -> None:

@@ -1,5 +1,6 @@
-"""Per-image class probabilities on disk (float16 C x H x W .npy per image id) with an index,
-so several runs can be ensembled later without re-running any model.
+"""Per-image class probabilities on disk (float16 C x H x W .npy per image id; float32 for the
+parts of a sharded run) with an index, so several runs can be ensembled later without re-running
+any model. The index records the classes, the model paths and what made the probabilities.
 
 A folder is written whole or not at all: files go to a temporary folder beside it, and close()
 puts that in its place, replacing the folder of an earlier run instead of mixing old files with
@@ -27,8 +28,11 @@ def is_probs_folder(folder: Path) -> bool:
 
 
 class ProbsWriter:
-    def __init__(self, folder: str | Path, classes: list[str], sources: list[str], shard: dict | None = None):
-        """`shard`: {index, count, total} for one part of a run split across processes (inference.shards)."""
+    def __init__(self, folder: str | Path, classes: list[str], sources: list[str], shard: dict | None = None,
+                 made_by: dict | None = None, dtype: type = np.float16):
+        """`shard`: {index, count, total} for one part of a run split across processes (inference.shards);
+        `made_by`: the settings that made the probabilities (options.settings_record), which a merge
+        compares and the ensemble takes `--post` from; `dtype`: the stored precision."""
         self.folder = Path(folder)
         if self.folder.exists() and not (self.folder.is_dir() and is_probs_folder(self.folder)):
             raise FileExistsError(f"--save-probs {self.folder} exists and is not a probabilities folder (it holds "
@@ -37,12 +41,14 @@ class ProbsWriter:
         remove_stale_temps(self.folder)
         self.tmp = temp_path(self.folder)
         self.tmp.mkdir()
-        self.index = {"classes": classes, "sources": sources, "images": []} | ({"shard": shard} if shard else {})
+        self.dtype = dtype
+        self.index = ({"classes": classes, "sources": sources, "images": []} | ({"shard": shard} if shard else {})
+                      | ({"made_by": made_by} if made_by else {}))
 
     def write(self, image_id: int, file_name: str, probs: np.ndarray) -> None:
         path = self.tmp / f"{image_id}.npy"
         try:
-            np.save(path, probs.astype(np.float16))
+            np.save(path, probs.astype(self.dtype))
         except OSError as err:
             self.abort()
             raise disk_full(self.folder / path.name, err) from None
