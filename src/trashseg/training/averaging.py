@@ -88,7 +88,9 @@ class EMA(AverageFromFirstUpdate, EMAWeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         # The skip is read (a host sync) only for a step that is due; the update syncs there anyway.
         skipped = getattr(self._module, "last_step_skipped", None)
-        return super().should_update(step_idx, epoch_idx) and not (step_idx is not None and skipped and skipped())
+        if not super().should_update(step_idx, epoch_idx):
+            return False
+        return step_idx is None or skipped is None or not skipped()
 
 
 @contextmanager

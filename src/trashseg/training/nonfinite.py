@@ -84,7 +84,8 @@ class BuffersKeptOnSkip:
         self.skipped = self.scaler._get_scale_async() < self._scale
         for buffers, saved in self._saved:
             kept = torch.where(self.skipped, saved, flat(buffers))
-            torch._foreach_copy_(buffers, [part.view_as(b) for part, b in zip(kept.split([b.numel() for b in buffers]), buffers)])
+            parts = kept.split([b.numel() for b in buffers])
+            torch._foreach_copy_(buffers, [part.view_as(b) for part, b in zip(parts, buffers)])
         self._saved, self._scale = None, None
 
     def last_step_skipped(self) -> bool:
