@@ -42,22 +42,25 @@ def explain(result: subprocess.CompletedProcess) -> str:
 
 
 class Runs:
-    """train.py runs of one experiment under one runs_dir; `hydra.run.dir` of resumed runs goes
-    elsewhere, so resume=auto only ever sees the run under test."""
+    """train.py runs of one experiment under one runs_dir, each in a folder it names (hydra.run.dir);
+    resume() continues the last one as a user continues a named run: its folder and resume=auto
+    (a named folder is that run: a scratch folder would start a new run there)."""
 
     def __init__(self, root: Path, data: Path, extra: list[str]):
         self.root, self.data, self.extra = root, data, list(extra)
         self.count = 0
+        self.last_run: str | None = None
 
     def train(self, run: str | None = None, *more: str, fault: str | None = None) -> subprocess.CompletedProcess:
         self.count += 1
+        self.last_run = run or self.last_run
         run_dir = self.root / "runs" / "quickstart" / run if run else self.root / "scratch" / str(self.count)
         args = [*SMALL, *self.extra, f"data.root={self.data}", f"runs_dir={self.root / 'runs'}",
                 f"hydra.run.dir={run_dir}", *more]
         return run_script("train.py", *args, fault=fault)
 
     def resume(self, fault: str | None = None) -> subprocess.CompletedProcess:
-        return self.train(None, "resume=auto", fault=fault)
+        return self.train(self.last_run, "resume=auto", fault=fault)
 
 
 def weights(path: Path) -> dict:

@@ -7,6 +7,11 @@ applied for real (the schedule is rebuilt from the Trainer's new estimate) and r
 run folder's resumes.yaml: the run's length (`trainer.max_epochs`, `max_steps`, `max_time`,
 `min_*`, `limit_train_batches`), its place (`data.root`, the cache, `runs_dir`) and its speed
 (devices, precision, loader workers, validation batch size), and logging.
+
+A resume never rewrites the provenance of the steps already trained: config.yaml keeps what the
+run started with, resumes.yaml what each resume changed. `resume=auto` picks a run only on the
+same data (`data.root` equal too, see other_run_changes): a moved data set is continued by naming
+the run. `finished_by` tells a run that this command's length has nothing left to train.
 """
 
 from __future__ import annotations
@@ -57,6 +62,41 @@ def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
 def refused_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
     """The changes a resume of `saved` with `new` cannot apply (empty: `new` continues that run)."""
     return {k: v for k, v in config_changes(saved, new).items() if k not in NOT_RECORDED and not _applied(k)}
+
+
+# Where the images are: applied when the run is named (a data set moved to another disk), but
+# another data.root never makes `resume=auto` pick a run, which would train on other images.
+SAME_DATA = ("data.root",)
+
+
+def other_run_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
+    """The changes that make the run `saved` not the one `new` continues when `resume=auto` picks a
+    run: the refused ones, and other data."""
+    changes = config_changes(saved, new)
+    return {k: v for k, v in changes.items() if (k not in NOT_RECORDED and not _applied(k)) or k in SAME_DATA}
+
+
+def _epochs_done(checkpoint: Mapping) -> int | None:
+    """Whole epochs the checkpoint's run trained, as Lightning's fit loop counts them: `processed`,
+    plus the epoch whose last batch was served when its checkpoint came from the last validation
+    inside it (val_check_interval < 1), which Lightning ends without a step on resume."""
+    loops = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = loops.get("epoch_progress", {}).get("current"), loops.get("epoch_loop.batch_progress", {})
+    if epochs is None:
+        return None
+    return epochs["processed"] + int(epochs["started"] > epochs["processed"] and bool(batches.get("is_last_batch")))
+
+
+def finished_by(checkpoint: Mapping, trainer: Mapping) -> str | None:
+    """The key (`trainer.max_epochs=2`) at which the run of `checkpoint` is finished under these
+    trainer settings, so that fitting from it trains no step; None when it has steps left."""
+    steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    if steps not in (None, -1) and checkpoint.get("global_step", 0) >= steps:
+        return f"trainer.max_steps={steps}"
+    done = _epochs_done(checkpoint)
+    if epochs not in (None, -1) and done is not None and done >= epochs:
+        return f"trainer.max_epochs={epochs}"
+    return None
 
 
 def listed_changes(changes: Mapping[str, tuple], shown: int = 6) -> str:

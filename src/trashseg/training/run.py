@@ -40,10 +40,10 @@ from .module import SegmentationModule
 from .optim import check_sizable
 from .precision import resolve_precision
 from .resumable import ResumeMidEpoch, TrainingDataModule
-from .resume_check import check_resume_config
-from .resume_target import find_resume_checkpoint
-from .run_folder import RunFolder, claimed, continue_log_in, used
-from .run_summary import run_summary
+from .resume_check import check_resume_config, finished_by
+from .resume_target import find_resume_checkpoint, named_run_folder
+from .run_folder import RunFolder, claimed, continue_log_in, restarted_job, used
+from .run_summary import best_validation, finished_line, run_summary
 from .schedule_horizon import ScheduleHorizon
 from .sweep_names import sweep_identity
 from .threads import size_threads
@@ -166,29 +166,36 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     check_annotations(plain["data"])
     averaging = build_averaging(plain.get("averaging"), plain["trainer"].get("max_epochs"))
     warmup = FrozenEncoderWarmup(plain["freeze_encoder_steps"]) if plain.get("freeze_encoder_steps") else None
-    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name, run_dir, plain)
-    resume = None
+    ckpt = find_resume_checkpoint(cfg.resume, Path(cfg.runs_dir), cfg.experiment_name, run_dir, plain,
+                                  named_run_folder())
+    resume = started = None
+    starting_over = ckpt is None and restarted_job(run_dir) is not None  # a requeued job that had no last.ckpt yet
     if ckpt is not None:
         # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
         resumed = read_checkpoint(ckpt, mmap=True)
         if "optimizer_states" not in resumed:
             raise ValueError(f"{ckpt} holds the weights only (a best.ckpt); resume from {ckpt.parent / 'last.ckpt'}, "
                              "which holds the whole training state")
-        add_fold_record(plain, run_config(resumed, ckpt), ckpt)
-        record_dropped_modules(plain, run_config(resumed, ckpt))  # model.dropped: the run's own record, or none
-        changed = check_resume_config(run_config(resumed, ckpt), plain, str(ckpt))
-        resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
-                  "changed": changed, "wandb_run_id": resumed.get("wandb_run_id")}
+        started = run_config(resumed, ckpt)  # config.yaml is written from it only where the folder has none
+        add_fold_record(plain, started, ckpt)
+        record_dropped_modules(plain, started)  # model.dropped: the run's own record, or none
+        changed = check_resume_config(started, plain, str(ckpt))
         fresh, run_dir = run_dir, ckpt.parent.parent
         continue_log_in(fresh, run_dir)  # the folder Hydra made for this command stays unused
-    elif used(run_dir):
+        if stop := finished_by(resumed, plain["trainer"]):  # fitting would train no step: no new result to print
+            rank_zero_info(finished_line(run_dir, stop, resumed["global_step"]))
+            found = best_validation(run_dir)
+            return {"best/val/mIoU": found[0]} if found else {}  # the run's own value, for a sweeper
+        resume = {"checkpoint": str(ckpt), "epoch": resumed["epoch"], "global_step": resumed["global_step"],
+                  "changed": changed, "wandb_run_id": resumed.get("wandb_run_id")}
+    elif used(run_dir) and not starting_over:
         raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); continue it with "
                               "resume=auto (or resume=PATH), or give a new hydra.run.dir")
     else:
         add_fold_record(plain, None, None)
         record_dropped_modules(plain, None)  # model.dropped: the probe runs here, once per run
     with claimed(run_dir):
-        if resume is None and used(run_dir):  # a run that started and finished while this one set up
+        if resume is None and used(run_dir) and not starting_over:  # a run that started and finished while this one set up
             raise FileExistsError(f"{run_dir} already holds a run (metrics.csv or checkpoints); give a new hydra.run.dir")
         L.seed_everything(cfg.seed, workers=True)
         module = SegmentationModule(plain)
@@ -200,7 +207,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
         # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
         last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-        callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, plain, resume),
+        callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, started or plain, resume),
                      ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
         callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint
         callbacks += [averaging] if averaging else []  # validation and checkpoints see the averaged weights

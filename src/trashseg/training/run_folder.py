@@ -3,6 +3,10 @@
 Written in on_fit_start, after the data sets are read, the model is built, the schedule is sized
 and a checkpoint is restored, so a setup error leaves no file behind; on rank 0 only, so the
 processes of a DDP run (on one machine or several sharing the folder) never race on a file.
+
+Under SLURM it also records which scheduler job trains the run (`scheduler_job.yaml`), so that
+the same job, restarted by its scheduler (requeue, preemption, node failure, submitit's timeout
+resubmission), continues its own run without `resume=auto` in the command (restarted_job).
 """
 
 from __future__ import annotations
@@ -25,6 +29,34 @@ except ImportError:  # Windows: no claim; the used() check alone
     fcntl = None
 
 from trashseg.atomic import remove_temps_in, write_text
+
+
+JOB_FILE = "scheduler_job.yaml"
+
+
+def scheduler_job() -> dict | None:
+    """This process's SLURM job: its id as submitit names it (`<array job id>_<task id>` for a task of
+    an array, as the submitit launcher submits a sweep; else SLURM_JOB_ID, which a requeue keeps),
+    the cluster, and how many times SLURM restarted it (SLURM_RESTART_COUNT, set from the first
+    requeue on). None outside SLURM."""
+    env = os.environ
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    return {"slurm_job_id": f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"],
+            "slurm_cluster": env.get("SLURM_CLUSTER_NAME"), "restart_count": int(env.get("SLURM_RESTART_COUNT") or 0)}
+
+
+def restarted_job(run_dir: Path) -> dict | None:
+    """This process's job record when it is the job that trains the run in `run_dir`, restarted by its
+    scheduler since (the same job and cluster, a higher restart count); else None. Two commands of one
+    allocation share the job id but not a restart, so the second never takes over the first's run."""
+    me, path = scheduler_job(), run_dir / JOB_FILE
+    if me is None or not path.is_file():
+        return None
+    recorded = yaml.safe_load(path.read_text()) or {}
+    same_job = all(recorded.get(k) == me[k] for k in ("slurm_job_id", "slurm_cluster"))
+    return me if same_job and int(recorded.get("restart_count") or 0) < me["restart_count"] else None
 
 
 def used(run_dir: Path) -> bool:
@@ -91,7 +123,9 @@ def continue_log_in(fresh: Path, run_dir: Path) -> None:
 
 class RunFolder(L.Callback):
     def __init__(self, run_dir: Path, config: dict, resume: dict | None = None):
-        """`resume`: {checkpoint, epoch, global_step, changed: {key: (old, new)}} when resuming."""
+        """`config`: written to config.yaml when the run starts (on a resume only if the folder has none;
+        what a resume changed goes to resumes.yaml). `resume`: {checkpoint, epoch, global_step,
+        changed: {key: (old, new)}} when resuming."""
         self.run_dir, self.config, self.resume = Path(run_dir), config, resume
 
     def on_fit_start(self, trainer: L.Trainer, module) -> None:
@@ -99,7 +133,14 @@ class RunFolder(L.Callback):
             return
         for folder in (self.run_dir, self.run_dir / "checkpoints"):
             remove_temps_in(folder)  # left by a process killed while writing
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+        config = self.run_dir / "config.yaml"
+        if self.resume is None or not config.is_file():  # a resume keeps what the steps so far trained on
+            write_text(config, yaml.safe_dump(self.config, sort_keys=False))
+        job = scheduler_job()
+        if job is not None:  # the job training the run now: the one its scheduler may restart
+            write_text(self.run_dir / JOB_FILE, yaml.safe_dump(job, sort_keys=False))
+        else:
+            (self.run_dir / JOB_FILE).unlink(missing_ok=True)  # continued outside SLURM: no job of the past takes it over
         if self.resume and self.resume["changed"]:
             log = self.run_dir / "resumes.yaml"
             entries = yaml.safe_load(log.read_text()) or [] if log.is_file() else []

@@ -46,3 +46,12 @@ def run_summary(run_dir: Path) -> list[str]:
                      f"{last} holds it, but there is no best.ckpt and no metrics.csv; continue it with the same command "
                      f"plus resume={last} and a later stop, or validate sooner (trainer.val_check_interval)")
     return lines
+
+
+def finished_line(run_dir: Path, stop: str, step: int) -> str:
+    """The one line of a resume that has nothing to train (`stop`: `trainer.max_epochs=2`, the key that
+    ends the run there): said instead of run_summary, whose best val mIoU would read as a new result."""
+    key = stop.split("=", 1)[0]
+    return (f"{shown(run_dir)} is finished: its last.ckpt is at step {step}, where {stop} ends it, so nothing was "
+            f"trained; to train it longer run the same command with a larger {key}, or start a new run in a new folder "
+            "without resume=")
