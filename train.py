@@ -7,15 +7,15 @@
 """
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-HYDRA_FILES = {".hydra", "train.log"}
+log = logging.getLogger(__name__)
 
 
 def one_console_per_line() -> None:
@@ -29,26 +29,14 @@ def one_console_per_line() -> None:
             lightning.removeHandler(handler)
 
 
-def remove_failed_start(run_dir: Path) -> None:
-    """A start that failed before training leaves no run folder: Hydra's files go, and so do the
-    parents it made for them (runs/<experiment>/) when nothing else is in them."""
-    if not (run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir())):
-        return
-    shutil.rmtree(run_dir)
-    here = Path.cwd().resolve()
-    for parent in run_dir.resolve().parents:
-        if parent == here or here not in parent.parents or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     # imported here, after Hydra set up logging: lightning imported earlier keeps a console of its own
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from trashseg.cli import USER_ERRORS, report
+    from trashseg.cli import USER_ERRORS, one_line, report
     from trashseg.models.pretrained import OfflineError
+    from trashseg.training.job_failure import clear_failure, record_failure, remove_failed_start
     from trashseg.training.launch import LaunchError, prepare_job
     from trashseg.training.module import NonFiniteLossError
     from trashseg.training.run import train
@@ -58,11 +46,19 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if "data=synthetic" in hydra_cfg.overrides.task and cfg.data.get("synthetic"):
         cfg.data.synthetic.root = cfg.data.root  # asked for by name: generated wherever data.root points
+    clear_failure(run_dir)  # this job run again into the folder of one that failed
     try:
         prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
         metrics = train(cfg, run_dir)
     except (*USER_ERRORS, NonFiniteLossError, OfflineError, LaunchError, MisconfigurationException) as err:
-        report(err)  # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
+        # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # A sweep goes on to its other jobs (an exit inside a submitit job would leave the sweep waiting
+            # for its result); the sweep's table and last lines name this one, and the sweep exits 2.
+            record_failure(run_dir, one_line(err))
+            log.error("error: %s", one_line(err))
+            return None  # no score: Optuna records a failed trial
+        report(err)
         remove_failed_start(run_dir)
         sys.exit(2)
     except BaseException:

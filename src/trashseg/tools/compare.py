@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from trashseg.training.job_failure import failure_reason  # noqa: E402
+
 log = logging.getLogger("trashseg.compare")
 
 MAIN_METRIC = "val/mIoU"
@@ -44,7 +46,9 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
             continue
         children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
         found = find_runs(children)
-        if not found:
+        if not found and (reason := failure_reason(path)):  # a sweep job refused before training
+            log.info("skipping %s: its job failed: %s", path, reason)
+        elif not found:
             log.warning("skipping %s: not a run folder (no config.yaml and metrics.csv) and holds none", path)
         runs += found
     return runs

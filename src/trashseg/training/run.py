@@ -127,7 +127,8 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
         flat = pd.json_normalize(cfg, sep=".").iloc[0].to_dict()  # flat keys: W&B's run table filters on any
         loggers.append(WandbLogger(
             save_dir=str(run_dir), offline=wb["offline"], project=wb["project"], entity=wb["entity"],
-            group=wb["group"] or sweep_group, tags=list(wb["tags"] or []), name=wb["name"] or sweep_name or run_dir.name,
+            group=wb["group"] or sweep_group or cfg["experiment_name"],  # a user's group wins, then the sweep's
+            tags=list(wb["tags"] or []), name=wb["name"] or sweep_name or run_dir.name,
             id=wandb_id, resume="allow" if wandb_id else None,
             config={k: (str(v) if isinstance(v, list) else v) for k, v in flat.items()},
         ))

@@ -3,18 +3,25 @@ of its jobs (what each varied, best val mIoU, epoch, folder), then the command f
 
 A Hydra callback (registered in configs/train.yaml under hydra.callbacks), so it runs in the
 process that launched the sweep under every launcher and sweeper (basic, submitit, Optuna); it
-reads the job folders from disk, as the run summary does, so a failed job shows as one.
+reads the job folders from disk, as the run summary does, so a failed job shows as one, with the
+reason it recorded (job_failure). A sweep with failed jobs ends with their reasons, one
+`error: ...` line each, and exits 2. What the sweep leaves that no tool reads goes: submitit's
+`%j` placeholder folder, and the whole sweep folder when no job started (what was in it before
+the sweep stays).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .job_failure import FAILED_FILE, failure_reason, never_started, remove_empty_parents
 from .run_summary import best_validation, shown
 from .sweep_names import job_name, swept_keys
 
@@ -24,10 +31,16 @@ def _job_order(job: Path):
 
 
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep (each holds Hydra's .hydra/overrides.yaml), in job order."""
+    """The job folders of a sweep (each holds Hydra's .hydra/overrides.yaml, or a failure record), in job order."""
     if not sweep_dir.is_dir():
         return []
-    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()), key=_job_order)
+    jobs = (p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file() or (p / FAILED_FILE).is_file())
+    return sorted(jobs, key=_job_order)
+
+
+def _overrides(job: Path) -> list[str]:
+    path = job / ".hydra" / "overrides.yaml"
+    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
 
 def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | None]:
@@ -35,16 +48,17 @@ def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | Non
     rows = ["| job | varies | best val/mIoU | epoch | folder |", "|---|---|---|---|---|"]
     best: tuple[float, Path] | None = None
     for job in sweep_jobs(sweep_dir):
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         found = best_validation(job)
         ckpt = job / "checkpoints" / "best.ckpt"
-        if found and ckpt.is_file():
+        if reason := failure_reason(job):
+            score, epoch = f"failed: {reason}".replace("|", "\\|"), "-"
+        elif found and ckpt.is_file():
             score, epoch = f"{found[0]:.4f}", str(found[1])
             if best is None or found[0] > best[0]:
                 best = (found[0], ckpt)
         else:
             score, epoch = ("no validation" if (job / "checkpoints" / "last.ckpt").is_file() else "failed"), "-"
-        rows.append(f"| {job.name} | {job_name(keys, overrides) or '-'} | {score} | {epoch} | {shown(job)} |")
+        rows.append(f"| {job.name} | {job_name(keys, _overrides(job)) or '-'} | {score} | {epoch} | {shown(job)} |")
     return rows, best[1] if best else None
 
 
@@ -58,9 +72,75 @@ def summary_lines(sweep_dir: Path, keys: list[str]) -> list[str]:
     return lines
 
 
+def failure_reasons(sweep_dir: Path) -> list[str]:
+    """The failed jobs' reasons, each once, in job order."""
+    return list(dict.fromkeys(r for job in sweep_jobs(sweep_dir) if (r := failure_reason(job))))
+
+
+def remove_placeholder(submitit_folder: str | None) -> None:
+    """submitit's launching process makes its folder pattern (`<sweep>/.submitit/%j`) with the `%j`
+    unfilled; the jobs write into the filled-in ones, so that one stays empty."""
+    if submitit_folder and "%" in submitit_folder:
+        folder = Path(submitit_folder)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def entries(sweep_dir: Path) -> set[Path]:
+    """What a folder holds two levels deep (job folders and their files, .submitit's job folders), resolved."""
+    return {p.resolve() for p in (*sweep_dir.glob("*"), *sweep_dir.glob("*/*"))} if sweep_dir.is_dir() else set()
+
+
+def remove_refused_sweep(sweep_dir: Path, before: set[Path], outside: Path, submitit_folder: str | None) -> None:
+    """A sweep whose every job was refused before training leaves nothing behind: its job folders,
+    multirun.yaml and submitit's job logs go (their reasons are printed), then the folders the sweep
+    made up to `outside` (the nearest one that existed before it), when empty. Nothing that was in
+    the sweep folder before the sweep is touched."""
+    for job in sweep_jobs(sweep_dir):
+        if job.resolve() not in before and never_started(job):
+            shutil.rmtree(job)
+    if (sweep_dir / "multirun.yaml").resolve() not in before:
+        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+    logs = Path(submitit_folder).parent if submitit_folder and "%" in submitit_folder else None
+    if logs is not None and logs.is_dir() and sweep_dir.resolve() in logs.resolve().parents:
+        for job_logs in logs.iterdir():
+            if job_logs.resolve() not in before:
+                shutil.rmtree(job_logs)
+        if logs.resolve() not in before and not any(logs.iterdir()):
+            logs.rmdir()
+    if sweep_dir.resolve() != outside.resolve() and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
+        sweep_dir.rmdir()
+        remove_empty_parents(sweep_dir, outside)
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.resolve()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 class SweepSummary(Callback):
+    def __init__(self) -> None:
+        self.before: set[Path] | None = None  # what the sweep folder held before the sweep (None: not known)
+        self.outside = Path.cwd()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.before, self.outside = entries(sweep_dir), nearest_existing(sweep_dir)  # never removed at the end
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         hydra = config.hydra
         params = OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else None
         keys = swept_keys(params, list(hydra.overrides.task))
-        print("\n".join(summary_lines(Path(str(hydra.sweep.dir)), keys)), flush=True)
+        sweep_dir = Path(str(hydra.sweep.dir))
+        submitit_folder = str(hydra.launcher.submitit_folder) if hydra.launcher.get("submitit_folder") else None
+        lines = summary_lines(sweep_dir, keys)
+        reasons = failure_reasons(sweep_dir)
+        remove_placeholder(submitit_folder)
+        jobs = sweep_jobs(sweep_dir)
+        if jobs and all(never_started(job) and failure_reason(job) for job in jobs) and self.before is not None:
+            remove_refused_sweep(sweep_dir, self.before, self.outside, submitit_folder)
+            lines.append(f"no job started: the sweep left nothing in {shown(sweep_dir)}")
+        print("\n".join(lines), flush=True)
+        if reasons:  # the last lines of the sweep, as a single run's error would be
+            print("\n".join(f"error: {reason}" for reason in reasons), file=sys.stderr, flush=True)
+            sys.exit(2)

@@ -1,0 +1,58 @@
+"""The record a sweep job leaves when it stops on an error a user can fix (a fold that does not
+exist, a launcher setting the trainer refuses): its one-line reason in `<job folder>/failed.txt`.
+
+train.py writes it and returns instead of exiting, so the sweep goes on to its other jobs under
+every launcher (a `sys.exit` inside a submitit job bypasses submitit's result file: the sweep waits
+for a result that never comes). The sweep's table reads it back (sweep_summary), and the tools that
+read run folders skip a folder that holds it and no run of its own. A single run stops with the
+line instead and leaves no folder (train.py's remove_failed_start).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from trashseg.atomic import write_text
+
+FAILED_FILE = "failed.txt"
+HYDRA_FILES = frozenset({".hydra", "train.log"})  # what Hydra writes into a job folder before train() runs
+
+
+def record_failure(job_dir: Path, reason: str) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_text(job_dir / FAILED_FILE, reason + "\n")
+
+
+def failure_reason(folder: Path) -> str | None:
+    """The one-line reason the job in `folder` failed; None when it records no failure."""
+    path = folder / FAILED_FILE
+    return (path.read_text(encoding="utf-8").strip() or "failed") if path.is_file() else None
+
+
+def clear_failure(job_dir: Path) -> None:
+    """A job run again into the folder of one that failed starts with no failure on record."""
+    (job_dir / FAILED_FILE).unlink(missing_ok=True)
+
+
+def never_started(folder: Path) -> bool:
+    """Whether `folder` holds nothing but Hydra's files and a failure record: a job refused before training."""
+    return folder.is_dir() and all(p.name in HYDRA_FILES or p.name == FAILED_FILE for p in folder.iterdir())
+
+
+def remove_empty_parents(folder: Path, stop: Path) -> None:
+    """Remove `folder`'s parents while they are empty, up to (not including) `stop`."""
+    stop = stop.resolve()
+    for parent in folder.resolve().parents:
+        if parent == stop or stop not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def remove_failed_start(run_dir: Path) -> None:
+    """A start that failed before training leaves no run folder: Hydra's files go, and so do the
+    parents it made for them (runs/<experiment>/) when nothing else is in them."""
+    if not (run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir())):
+        return
+    shutil.rmtree(run_dir)
+    remove_empty_parents(run_dir, Path.cwd())
