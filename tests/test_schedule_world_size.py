@@ -20,7 +20,7 @@ TRAIN_IMAGES = 2617  # the competition's train.json
 
 def recipe(name: str) -> dict:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return OmegaConf.to_container(compose("train", overrides=[f"experiment={name}"]), resolve=False)
+        return OmegaConf.to_container(compose("train", overrides=[f"experiment=competition/{name}"]), resolve=False)
 
 
 def optimizer_steps(cfg: dict, world_size: int) -> tuple[int, int]:

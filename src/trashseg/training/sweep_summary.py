@@ -103,9 +103,13 @@ def remove_refused_sweep(sweep_dir: Path, before: set[Path], outside: Path, subm
         (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
     logs = Path(submitit_folder).parent if submitit_folder and "%" in submitit_folder else None
     if logs is not None and logs.is_dir() and sweep_dir.resolve() in logs.resolve().parents:
-        for job_logs in logs.iterdir():
-            if job_logs.resolve() not in before:
+        for job_logs in logs.iterdir():  # SLURM arrays add symlinks and files beside the job folders
+            if job_logs.resolve() in before:
+                continue
+            if job_logs.is_dir() and not job_logs.is_symlink():
                 shutil.rmtree(job_logs)
+            else:
+                job_logs.unlink()
         if logs.resolve() not in before and not any(logs.iterdir()):
             logs.rmdir()
     if sweep_dir.resolve() != outside.resolve() and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
