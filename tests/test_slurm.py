@@ -177,9 +177,10 @@ def test_a_job_requeued_mid_training_continues_its_own_folder_to_the_same_metric
         # a requeued job waits out a BeginTime about two minutes ahead; start it now
         slurm_cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
         result = finish(process, requeued, slurm_cluster, timeout=300)
-    finally:
+        uninterrupted = finish(reference, straight, slurm_cluster, timeout=300)
+    finally:  # a failed wait leaves neither sweep behind (their jobs go with the cluster)
         process.kill()
-    uninterrupted = finish(reference, straight, slurm_cluster, timeout=300)
+        reference.kill()
 
     assert uninterrupted.returncode == 0, explain(uninterrupted)
     assert result.returncode == 0, explain(result) + job_logs(requeued)[-4000:]
