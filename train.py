@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     # imported here, after Hydra set up logging: lightning imported earlier keeps a console of its own
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from trashseg.cli import USER_ERRORS, one_line, report
+    from trashseg.errors import USER_ERRORS, one_line, report
     from trashseg.models.pretrained import OfflineError
     from trashseg.training.job_failure import clear_failure, record_failure, remove_failed_start
     from trashseg.training.launch import LaunchError, prepare_job

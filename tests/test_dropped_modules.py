@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from trashseg.checkpoint_file import load_network
+from trashseg.checkpoint import load_network
 from trashseg.models import build_model
 from trashseg.models.prune_unreached import Dropped, drop_unreached
 from trashseg.models.registry import record_dropped_modules, unreached_modules

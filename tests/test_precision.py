@@ -13,13 +13,14 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from trashseg.data.datamodule import TrashDataModule
-from trashseg.inference.checkpoint import autocast_dtype, load_checkpoint
+from trashseg.inference.checkpoint import load_checkpoint
+from trashseg.precision import autocast_dtype
 from trashseg.inference.loop import build_loader
 from trashseg.inference.predictor import NonFiniteLogitsError, Predictor
 from trashseg.training import run as run_module
 from trashseg.training.module import NonFiniteLossError, SegmentationModule
 from trashseg.training.nonfinite import NonFiniteStreak
-from trashseg.training.precision import resolve_precision
+from trashseg.precision import resolve_precision
 
 from small_runs import small_quickstart
 

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from trashseg.cli import one_line
+from trashseg.errors import one_line
 from trashseg.training import run as run_module
 from trashseg.training.module import SegmentationModule
 from trashseg.training.resume_check import finished_by

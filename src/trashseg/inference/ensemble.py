@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 from trashseg.data.image_io import read_rgb
 from trashseg.submission import SubmissionWriter
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 from trashseg.data.coco import read_coco
 from trashseg.data.kfold import run_annotation
 from trashseg.data.pseudo_marker import marked

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 from trashseg.data.kfold import run_annotation
 from trashseg.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from trashseg.inference.exported import as_pixels, load_exported, metadata

@@ -24,27 +24,28 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from trashseg.checkpoint_file import read_checkpoint, run_config
+from trashseg.checkpoint import read_checkpoint, run_config
 from trashseg.data.coco import read_coco
 from trashseg.data.fold_record import RECORD_KEY, file_record, record_folds
 from trashseg.data.synthetic import is_synthetic, synthetic_note
 from trashseg.models.registry import record_dropped_modules
+from trashseg.run_layout import BEST, CHECKPOINTS, LAST, best_validation, used
 
 from .averaging import build_averaging
-from .best_checkpoint import BestWeightsCheckpoint
-from .checkpoint_io import AtomicCheckpointIO
+from trashseg.checkpoint.lightning_io import BestWeightsCheckpoint
+from trashseg.checkpoint.lightning_io import AtomicCheckpointIO
 from .config_check import check_config
 from .encoder_warmup import FrozenEncoderWarmup
 from .history import MetricsHistory
 from .module import SegmentationModule
-from .optim import check_sizable
-from .precision import resolve_precision
+from .optim import ScheduleHorizon, check_sizable
+from trashseg.precision import resolve_precision
 from .resumable import ResumeMidEpoch, TrainingDataModule
 from .resume_check import check_resume_config, finished_by
 from .resume_target import find_resume_checkpoint, named_run_folder
-from .run_folder import RunFolder, claimed, continue_log_in, restarted_job, used
-from .run_summary import best_validation, finished_line, run_summary
-from .schedule_horizon import ScheduleHorizon
+from .run_folder import RunFolder, claimed, continue_log_in, restarted_job
+from .run_summary import finished_line, run_summary
+
 from .sweep_names import sweep_identity
 from .threads import size_threads
 from .wandb_media import WandbMedia
@@ -175,7 +176,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         # mmap: the small fields only; Lightning loads the tensors. A bad file is one line here.
         resumed = read_checkpoint(ckpt, mmap=True)
         if "optimizer_states" not in resumed:
-            raise ValueError(f"{ckpt} holds the weights only (a best.ckpt); resume from {ckpt.parent / 'last.ckpt'}, "
+            raise ValueError(f"{ckpt} holds the weights only (a best.ckpt); resume from {ckpt.parent / LAST.name}, "
                              "which holds the whole training state")
         started = run_config(resumed, ckpt)  # config.yaml is written from it only where the folder has none
         add_fold_record(plain, started, ckpt)
@@ -202,12 +203,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         module = SegmentationModule(plain)
 
         loggers = build_loggers(plain, run_dir, resume.pop("wandb_run_id") if resume else None)
-        folder = run_dir / "checkpoints"
-        best = BestWeightsCheckpoint(dirpath=folder, filename="best", monitor="val/mIoU", mode="max", enable_version_counter=False,
+        folder = run_dir / CHECKPOINTS
+        best = BestWeightsCheckpoint(dirpath=folder, filename=BEST.stem, monitor="val/mIoU", mode="max", enable_version_counter=False,
                                auto_insert_metric_name=False)
         # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
         # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).
-        last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+        last = ModelCheckpoint(dirpath=folder, filename=LAST.stem, enable_version_counter=False)
         callbacks = [best, last, ResumeMidEpoch(), RunFolder(run_dir, started or plain, resume),
                      ScheduleHorizon(plain["scheduler"]["name"]), WandbMedia()]
         callbacks += [lg for lg in loggers if isinstance(lg, MetricsHistory)]  # it flushes before each checkpoint

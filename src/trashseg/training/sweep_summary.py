@@ -12,7 +12,6 @@ the sweep stays).
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -21,21 +20,11 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .job_failure import FAILED_FILE, failure_reason, never_started, remove_empty_parents
-from .run_summary import best_validation, shown
+from trashseg.run_layout import best_checkpoint, best_validation, failure_reason, last_checkpoint, sweep_jobs
+
+from .job_failure import never_started, remove_empty_parents
+from .run_summary import shown
 from .sweep_names import job_name, swept_keys
-
-
-def _job_order(job: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", job.name)]
-
-
-def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep (each holds Hydra's .hydra/overrides.yaml, or a failure record), in job order."""
-    if not sweep_dir.is_dir():
-        return []
-    jobs = (p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file() or (p / FAILED_FILE).is_file())
-    return sorted(jobs, key=_job_order)
 
 
 def _overrides(job: Path) -> list[str]:
@@ -49,7 +38,7 @@ def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | Non
     best: tuple[float, Path] | None = None
     for job in sweep_jobs(sweep_dir):
         found = best_validation(job)
-        ckpt = job / "checkpoints" / "best.ckpt"
+        ckpt = best_checkpoint(job)
         if reason := failure_reason(job):
             score, epoch = f"failed: {reason}".replace("|", "\\|"), "-"
         elif found and ckpt.is_file():
@@ -57,7 +46,7 @@ def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | Non
             if best is None or found[0] > best[0]:
                 best = (found[0], ckpt)
         else:
-            score, epoch = ("no validation" if (job / "checkpoints" / "last.ckpt").is_file() else "failed"), "-"
+            score, epoch = ("no validation" if last_checkpoint(job).is_file() else "failed"), "-"
         rows.append(f"| {job.name} | {job_name(keys, _overrides(job)) or '-'} | {score} | {epoch} | {shown(job)} |")
     return rows, best[1] if best else None
 
