@@ -36,8 +36,8 @@ def main(cfg: DictConfig) -> float | None:
 
     from trashseg.errors import USER_ERRORS, one_line, report
     from trashseg.models.pretrained import OfflineError
-    from trashseg.training.job_failure import clear_failure, record_failure, remove_failed_start
-    from trashseg.training.launch import LaunchError, prepare_job
+    from trashseg.training.launching.job_failure import clear_failure, record_failure, remove_failed_start
+    from trashseg.training.launching.jobs import LaunchError, prepare_job
     from trashseg.training.module import NonFiniteLossError
     from trashseg.training.run import train
 
@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from trashseg.training.overrides import check_overrides
+    from trashseg.training.config_keys import check_overrides
 
     if message := check_overrides(sys.argv[1:], Path(__file__).resolve().parent / "configs"):
         sys.exit(f"error: {message}")

@@ -125,7 +125,7 @@ def test_wandb_media_tables_this_validations_confusion_matrix(synthetic_root, tm
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    from trashseg.training.wandb_media import WandbMedia
+    from trashseg.training.callbacks.wandb_media import WandbMedia
 
     overrides = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.val_batch_size=5",
                  "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]"]

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import open_dict
 
-from trashseg.training.launch import DISTRIBUTED_VARIABLES, SWEEP_GPUS, Job, LaunchError, check_job, place_job, \
+from trashseg.training.launching.jobs import DISTRIBUTED_VARIABLES, SWEEP_GPUS, Job, LaunchError, check_job, place_job, \
     prepare_job, trainer_processes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.data.normalize import Normalize
 from trashseg.training import run as run_module
-from trashseg.training.averaging import build_averaging
+from trashseg.training.callbacks.averaging import build_averaging
 from trashseg.training.module import SegmentationModule
 
 from small_runs import small_quickstart

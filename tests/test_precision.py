@@ -19,7 +19,7 @@ from trashseg.inference.loop import build_loader
 from trashseg.inference.predictor import NonFiniteLogitsError, Predictor
 from trashseg.training import run as run_module
 from trashseg.training.module import NonFiniteLossError, SegmentationModule
-from trashseg.training.nonfinite import NonFiniteStreak
+from trashseg.training.callbacks.nonfinite import NonFiniteStreak
 from trashseg.precision import resolve_precision
 
 from small_runs import small_quickstart

@@ -24,9 +24,9 @@ from hydra.types import RunMode
 from trashseg.errors import one_line
 from trashseg.training import run as run_module
 from trashseg.training.module import SegmentationModule
-from trashseg.training.resume_check import finished_by
-from trashseg.training.resume_target import current_config, find_resume_checkpoint, named_run_folder
-from trashseg.training.run_folder import JOB_FILE
+from trashseg.training.resuming.changes import finished_by
+from trashseg.training.resuming.target import current_config, find_resume_checkpoint, named_run_folder
+from trashseg.training.callbacks.run_folder import JOB_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # 6 steps an epoch (24 images in batches of 4), validated and checkpointed every 3

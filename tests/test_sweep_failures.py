@@ -26,7 +26,7 @@ from trashseg.data.kfold import make_folds
 from trashseg.inference.options import sweep_runs
 from trashseg.tools import compare
 from trashseg.training.run import build_loggers
-from trashseg.training.sweep_summary import SweepSummary
+from trashseg.training.launching.sweeps import SweepSummary
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -18,7 +18,7 @@ from trashseg.data.datamodule import TrashDataModule
 from trashseg.data.kfold import _spread_rare_classes, make_folds, run_annotation
 from trashseg.data.kfold import main as kfold
 from trashseg.inference import Predictor, load_checkpoint
-from trashseg.inference.cli import main as inference
+from trashseg.inference.command import main as inference
 from trashseg.inference.loop import build_dataset
 from trashseg.inference.oof import main as oof
 from trashseg.inference.pseudo import main as pseudo

@@ -2,7 +2,7 @@
 reads or writes a run folder asks here; it imports nothing of ours.
 
     <run>/config.yaml            the resolved config the run started with (resumes.yaml: what resumes changed)
-    <run>/metrics.csv            one row per logged step and validation (training.history writes it)
+    <run>/metrics.csv            one row per logged step and validation (training.callbacks.history writes it)
     <run>/checkpoints/best.ckpt  the weights that scored best on val/mIoU (what scoring reads)
     <run>/checkpoints/last.ckpt  the whole training state, written at every validation (what a resume reads)
     <sweep>/<job>/               one folder per job of `train.py -m`, in job order (0, 1, ..., 10),
@@ -26,7 +26,7 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINTS = "checkpoints"
 BEST = Path(CHECKPOINTS) / "best.ckpt"
 LAST = Path(CHECKPOINTS) / "last.ckpt"
-FAILED_FILE = "failed.txt"  # a sweep job's one-line reason it stopped on an error a user can fix (training.job_failure)
+FAILED_FILE = "failed.txt"  # a sweep job's one-line reason it stopped on an error a user can fix (training.launching.job_failure)
 MAIN_METRIC = "val/mIoU"
 
 

@@ -15,11 +15,11 @@ from faultlib import explain, run_script, small_config, temp_files
 from trashseg.atomic import DiskFullError
 from trashseg.checkpoint import CheckpointFileError
 from trashseg.errors import one_line
-from trashseg.inference.cli import main as inference
+from trashseg.inference.command import main as inference
 from trashseg.inference.probs_store import ProbsWriter, read_index
 from trashseg.submission.__main__ import main as submission_cli
 from trashseg.checkpoint import lightning_io
-from trashseg.training.history import read_rows
+from trashseg.training.callbacks.history import read_rows
 from trashseg.training.run import train
 
 

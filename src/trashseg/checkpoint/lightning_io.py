@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from trashseg.atomic import atomic_write
+
 from .file import read_checkpoint
 
 

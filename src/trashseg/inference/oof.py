@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trashseg.errors import run_or_report
 from trashseg.data.classes import palette_for
 from trashseg.data.fold_record import verify_fold_file
 from trashseg.data.kfold import fold_annotations
+from trashseg.errors import run_or_report
 from trashseg.metric import confusion_matrix, iou_per_class, summarize
 from trashseg.run_layout import MAIN_METRIC, best_checkpoint, best_row, read_config, read_metrics
 

@@ -15,12 +15,12 @@ import torch
 from trashseg.data.dataset import CocoSegmentationDataset
 from trashseg.data.fold_record import sha256_of, verify_fold_file
 from trashseg.run_layout import BEST, best_checkpoint, is_run, job_order, last_checkpoint, read_config
+from trashseg.tta import TTA_MODES
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
 from .exported import LoadedExport, load_exported
 from .postprocess import POST_MODES, check_post
 from .predictor import Predictor
-from trashseg.tta import TTA_MODES
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ from trashseg.data.dataset import CocoSegmentationDataset
 from trashseg.memory_format import to_channels_last
 from trashseg.tta import TTA_MODES, tta_views
 
-from .overrides import unknown_key_message
+from .config_keys import unknown_key_message
 
 KEYS = ("teacher", "temperature", "alpha", "tta", "weights", "unlabelled", "unlabelled_batch_size")
 SOURCE_KEYS = ("ann", "root", "images_relative_to")

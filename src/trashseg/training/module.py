@@ -20,11 +20,11 @@ from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
 from trashseg.run_layout import LAST
 
+from .callbacks.nonfinite import BuffersKeptOnSkip, NonFiniteStreak
 from .distill import build_distillation
 from .losses import WeightedLoss
-from .nonfinite import BuffersKeptOnSkip, NonFiniteStreak
-from .optim import build_optimizer, build_scheduler, horizon_problem
-from .param_groups import groups_table
+from .optimization.optimizer import build_optimizer, groups_table
+from .optimization.schedules import build_scheduler, horizon_problem
 
 
 # Validation metrics are summed across processes by torchmetrics before they are logged.
@@ -115,7 +115,7 @@ class SegmentationModule(L.LightningModule):
                 f"loss became {loss.item()} at epoch {self.current_epoch} step {self.global_step}; training stopped and "
                 f"the last good checkpoint is kept ({LAST}). {NONFINITE_FIX}")
         # Per step only: an epoch aggregate would reach the logger after the epoch's checkpoint is written,
-        # so a kill in between would lose it for good (training.history).
+        # so a kill in between would lose it for good (training.callbacks.history).
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return loss
 

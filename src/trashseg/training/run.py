@@ -2,9 +2,9 @@
 
 A run folder holds `config.yaml` (resolved), `metrics.csv`, `checkpoints/{best,last}.ckpt`
 and W&B's offline files. `resume: auto` continues the run in a named run folder, else the newest
-run of the experiment this command continues (training.resume_target), `resume: PATH` a given
+run of the experiment this command continues (training.resuming.target), `resume: PATH` a given
 checkpoint; the run then continues in that checkpoint's folder. It ends by printing its folder,
-best val mIoU and the command that scores it (training.run_summary).
+best val mIoU and the command that scores it (training.summary).
 Every file is written atomically, by global rank 0 only; a kill at any point leaves a run
 that `resume=auto` finishes as if it had never stopped.
 """
@@ -25,30 +25,28 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from trashseg.checkpoint import read_checkpoint, run_config
+from trashseg.checkpoint.lightning_io import AtomicCheckpointIO, BestWeightsCheckpoint
 from trashseg.data.coco import read_coco
 from trashseg.data.fold_record import RECORD_KEY, file_record, record_folds
 from trashseg.data.synthetic import is_synthetic, synthetic_note
 from trashseg.models.registry import record_dropped_modules
+from trashseg.precision import resolve_precision
 from trashseg.run_layout import BEST, CHECKPOINTS, LAST, best_validation, used
 
-from .averaging import build_averaging
-from trashseg.checkpoint.lightning_io import BestWeightsCheckpoint
-from trashseg.checkpoint.lightning_io import AtomicCheckpointIO
-from .config_check import check_config
-from .encoder_warmup import FrozenEncoderWarmup
-from .history import MetricsHistory
+from .callbacks.averaging import build_averaging
+from .callbacks.history import MetricsHistory
+from .callbacks.run_folder import RunFolder, claimed, continue_log_in, restarted_job
+from .callbacks.wandb_media import WandbMedia
+from .config_keys import check_config
+from .launching.sweeps import sweep_identity
+from .launching.threads import size_threads
 from .module import SegmentationModule
-from .optim import ScheduleHorizon, check_sizable
-from trashseg.precision import resolve_precision
-from .resumable import ResumeMidEpoch, TrainingDataModule
-from .resume_check import check_resume_config, finished_by
-from .resume_target import find_resume_checkpoint, named_run_folder
-from .run_folder import RunFolder, claimed, continue_log_in, restarted_job
-from .run_summary import finished_line, run_summary
-
-from .sweep_names import sweep_identity
-from .threads import size_threads
-from .wandb_media import WandbMedia
+from .optimization.encoder_warmup import FrozenEncoderWarmup
+from .optimization.schedules import ScheduleHorizon, check_sizable
+from .resuming.changes import check_resume_config, finished_by
+from .resuming.mid_epoch import ResumeMidEpoch, TrainingDataModule
+from .resuming.target import find_resume_checkpoint, named_run_folder
+from .summary import finished_line, run_summary
 
 
 def check_accelerator(trainer: dict) -> None:
@@ -137,7 +135,7 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
 
 
 warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")  # a resumed run's own
-# Our train loader resumes mid-epoch (training.resumable), through a callback Lightning does not see.
+# Our train loader resumes mid-epoch (training.resuming.mid_epoch), through a callback Lightning does not see.
 warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
 

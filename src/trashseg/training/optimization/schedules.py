@@ -1,6 +1,6 @@
-"""Optimizer by name from torch.optim and schedulers that scale each group's own lr, with the
-checks that a schedule fits the run: it can be sized (check_sizable), its warm-up and milestones
-lie inside the run (horizon_problem), and trainer.max_time will not cut it short (ScheduleHorizon).
+"""Learning-rate schedulers that scale each group's own lr, with the checks that a schedule fits
+the run: it can be sized (check_sizable), its warm-up and milestones lie inside the run
+(horizon_problem), and trainer.max_time will not cut it short (ScheduleHorizon).
 
 Every schedule is one multiplier of the step (LambdaLR), applied to each group's initial lr,
 so the ratios between groups stay fixed; an optional linear warm-up precedes it.
@@ -16,25 +16,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
-
-from .param_groups import build_param_groups
-
-
-def build_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
-    cfg = dict(cfg)
-    name = cfg.pop("name")
-    cls = getattr(torch.optim, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ValueError(f"unknown optimizer {name!r}; use a torch.optim class name such as SGD, Adam, AdamW")
-    groups = build_param_groups(
-        model, cfg.pop("lr"), cfg.pop("weight_decay", 0.0), cfg.pop("groups", None) or [],
-        cfg.pop("no_decay_norm_bias", False), cfg.pop("strict", False), cfg.pop("layer_decay", None),
-    )
-    extra = cfg.pop("params", None) or {}
-    if cfg:
-        raise ValueError(f"unknown optimizer keys {sorted(cfg)}; put {name}'s own arguments under optimizer.params")
-    return cls(groups, **extra)
 
 
 # Schedules that run to an end: they must know the run's length in optimizer steps.
