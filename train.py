@@ -44,12 +44,10 @@ def main(cfg: DictConfig) -> float | None:
     one_console_per_line()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if "data=synthetic" in hydra_cfg.overrides.task and cfg.data.get("synthetic"):
-        cfg.data.synthetic.root = cfg.data.root  # asked for by name: generated wherever data.root points
     clear_failure(run_dir)  # this job run again into the folder of one that failed
     try:
-        prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
-        metrics = train(cfg, run_dir)
+        placement = prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
+        metrics = train(cfg, run_dir, placement)
     except (*USER_ERRORS, NonFiniteLossError, OfflineError, LaunchError, MisconfigurationException) as err:
         # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
         if hydra_cfg.mode == RunMode.MULTIRUN:

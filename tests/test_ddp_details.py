@@ -18,6 +18,7 @@ from trashseg.checkpoint import read_checkpoint, run_config
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.checkpoint import rng
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 from trashseg.training.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_wandb_media_tables_this_validations_confusion_matrix(synthetic_root, tm
     overrides = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.val_batch_size=5",
                  "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = run_module.plain_config(compose(config_name="train", overrides=overrides))
+        cfg = plain_config(compose(config_name="train", overrides=overrides))
     logged = []
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", lambda self, data, *args, **kwargs: logged.append(data))
     module = SegmentationModule(cfg)

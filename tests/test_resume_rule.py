@@ -23,6 +23,7 @@ from hydra.types import RunMode
 
 from trashseg.errors import one_line
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 from trashseg.training.module import SegmentationModule
 from trashseg.training.resuming.changes import finished_by
 from trashseg.training.resuming.target import current_config, find_resume_checkpoint, named_run_folder
@@ -170,7 +171,7 @@ def test_a_resume_keeps_config_yaml_as_the_run_started(synthetic_root, one_epoch
                                 "trainer.max_epochs": {"was": 1, "now": 2}}
     now = current_config(first)
     assert now["data"]["root"] == str(moved) and now["trainer"]["max_epochs"] == 2
-    longer = run_module.plain_config(command(moved, runs, "trainer.max_epochs=3", "resume=auto"))
+    longer = plain_config(command(moved, runs, "trainer.max_epochs=3", "resume=auto"))
     assert find_resume_checkpoint("auto", runs, "quickstart", tmp_path / "fresh2", longer) == first / "checkpoints" / "last.ckpt"
 
 

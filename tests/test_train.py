@@ -12,6 +12,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from trashseg.training import run as run_module
+from trashseg.training.resuming.target import find_resume_checkpoint
+from trashseg.training.run_config import plain_config
 from trashseg.training.config_keys import ConfigError
 from trashseg.training.module import NonFiniteLossError, SegmentationModule
 from trashseg.data.datamodule import TrashDataModule
@@ -64,10 +66,10 @@ def test_resume_auto_finds_the_newest_run(tmp_path):
     for name in ("old", "new"):
         (runs / "exp" / name / "checkpoints").mkdir(parents=True)
         (runs / "exp" / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    found = run_module.find_resume_checkpoint("auto", runs, "exp")
+    found = find_resume_checkpoint("auto", runs, "exp")
     assert found == runs / "exp" / "new" / "checkpoints" / "last.ckpt"
     with pytest.raises(FileNotFoundError, match="no earlier run of 'other'"):
-        run_module.find_resume_checkpoint("auto", runs, "other")
+        find_resume_checkpoint("auto", runs, "other")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -104,7 +106,7 @@ def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
     coco["images"] = coco["images"][:9]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in {im["id"] for im in coco["images"]}]
     (tmp_path / "val9.json").write_text(json.dumps(coco))  # not in synthetic_root: other tests list its files
-    cfg = run_module.plain_config(config(synthetic_root, tmp_path, f"data.val_ann={tmp_path / 'val9.json'}"))
+    cfg = plain_config(config(synthetic_root, tmp_path, f"data.val_ann={tmp_path / 'val9.json'}"))
     torch.manual_seed(0)
     module = SegmentationModule(cfg)
     results = []

@@ -2,6 +2,7 @@
 
 Where to look:
     run.py            train(): the run config, the Trainer, fit, the closing lines
+    run_config.py     the composed config resolved once into the run config; every check runs there
     config_keys.py    unknown config keys, on the command line and in the composed config
     module.py         the LightningModule: loss, metric, optimizer and scheduler from the run config
     losses.py         the loss terms; distill.py: distillation from teacher checkpoints
