@@ -6,7 +6,7 @@
 
 import sys
 
-from trashseg.inference.cli import main
+from trashseg.inference.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,22 +34,20 @@ def main(cfg: DictConfig) -> float | None:
     # imported here, after Hydra set up logging: lightning imported earlier keeps a console of its own
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from trashseg.cli import USER_ERRORS, one_line, report
+    from trashseg.errors import USER_ERRORS, one_line, report
     from trashseg.models.pretrained import OfflineError
-    from trashseg.training.job_failure import clear_failure, record_failure, remove_failed_start
-    from trashseg.training.launch import LaunchError, prepare_job
+    from trashseg.training.launching.job_failure import clear_failure, record_failure, remove_failed_start
+    from trashseg.training.launching.jobs import LaunchError, prepare_job
     from trashseg.training.module import NonFiniteLossError
     from trashseg.training.run import train
 
     one_console_per_line()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if "data=synthetic" in hydra_cfg.overrides.task and cfg.data.get("synthetic"):
-        cfg.data.synthetic.root = cfg.data.root  # asked for by name: generated wherever data.root points
     clear_failure(run_dir)  # this job run again into the folder of one that failed
     try:
-        prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
-        metrics = train(cfg, run_dir)
+        placement = prepare_job(cfg)  # the launcher's processes and GPUs for this job, or one line why it cannot run
+        metrics = train(cfg, run_dir, placement)
     except (*USER_ERRORS, NonFiniteLossError, OfflineError, LaunchError, MisconfigurationException) as err:
         # ConfigError is a ValueError; MisconfigurationException is Lightning's refusal of a trainer option
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -68,7 +66,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from trashseg.training.overrides import check_overrides
+    from trashseg.training.config_keys import check_overrides
 
     if message := check_overrides(sys.argv[1:], Path(__file__).resolve().parent / "configs"):
         sys.exit(f"error: {message}")

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trashseg.data.synthetic import generate_dataset
 from trashseg.training.module import SegmentationModule
-from trashseg.training.optim import build_optimizer
-from trashseg.training.run import plain_config
+from trashseg.training.optimization.optimizer import build_optimizer
+from trashseg.training.run_config import plain_config
 from markdown_row import record
 
 REPO = Path(__file__).resolve().parents[1]

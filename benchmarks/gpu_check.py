@@ -137,7 +137,7 @@ def inference_speed(args, work: Path) -> list:
 
 def loader_speed(workers: int, args, root: Path) -> list:
     """images/s the training loader hands over (uint8 images and masks), after its workers started."""
-    from trashseg.training.resumable import TrainingDataModule
+    from trashseg.training.resuming.mid_epoch import TrainingDataModule
 
     cfg = composed("experiment=quickstart", f"data.root={root}", "augment=competition", f"data.batch_size={args.batch}",
                    f"data.num_workers={workers}", "data.persistent_workers=false")

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from trashseg.inference.checkpoint import load_checkpoint
 from trashseg.training import run as run_module
 from trashseg.data.datamodule import TrashDataModule
-from trashseg.training.averaging import SWA, build_averaging
-from trashseg.training.config_check import ConfigError, check_config
+from trashseg.training.callbacks.averaging import SWA, build_averaging
+from trashseg.training.config_keys import ConfigError, check_config
 from trashseg.training.module import SegmentationModule
 
 from small_runs import small_quickstart

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from trashseg.checkpoint_file import read_checkpoint, run_config
+from trashseg.checkpoint import read_checkpoint, run_config
 from trashseg.inference.checkpoint import load_checkpoint
 from trashseg.training import run as run_module
 

@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 from trashseg.inference.checkpoint import load_checkpoint
 from trashseg.memory_format import wants_channels_last
 from trashseg.training import run as run_module
-from trashseg.training import threads as threads_module
-from trashseg.training.resume_check import check_resume_config
-from trashseg.training.threads import plan_threads, processes_per_node
+from trashseg.training.launching import threads as threads_module
+from trashseg.training.resuming.changes import check_resume_config
+from trashseg.training.launching.threads import plan_threads, processes_per_node
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

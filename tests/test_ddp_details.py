@@ -14,10 +14,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from trashseg.checkpoint_file import read_checkpoint, run_config
+from trashseg.checkpoint import read_checkpoint, run_config
 from trashseg.data.datamodule import TrashDataModule
-from trashseg.training import rng_state
+from trashseg.checkpoint import rng
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 from trashseg.training.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ import sys
 from pathlib import Path
 import lightning as L
 import torch
-from trashseg.checkpoint_file import read_checkpoint, run_config
+from trashseg.checkpoint import read_checkpoint, run_config
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.training.module import SegmentationModule
 
@@ -102,20 +103,20 @@ def test_resume_state_holds_the_cuda_generator_when_the_run_is_on_cuda(monkeypat
     restored = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": fake.clone())
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
-    assert "cuda" not in rng_state.capture(torch.device("cpu"))
+    assert "cuda" not in rng.capture(torch.device("cpu"))
 
     device = torch.device("cuda", 1)
-    state = rng_state.capture(device)
+    state = rng.capture(device)
     draws = torch.rand(3)  # what a run resumed from `state` must draw next
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)  # as a checkpoint is read
     torch.rand(5)  # the generator moves on
-    rng_state.restore(loaded, device)
+    rng.restore(loaded, device)
     assert torch.equal(torch.rand(3), draws)
     assert len(restored) == 1 and torch.equal(restored[0][0], fake) and restored[0][1] == device
-    rng_state.restore(loaded, torch.device("cpu"))  # a GPU checkpoint resumed on a CPU: the CPU generators only
+    rng.restore(loaded, torch.device("cpu"))  # a GPU checkpoint resumed on a CPU: the CPU generators only
     assert len(restored) == 1
 
 
@@ -125,12 +126,12 @@ def test_wandb_media_tables_this_validations_confusion_matrix(synthetic_root, tm
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    from trashseg.training.wandb_media import WandbMedia
+    from trashseg.training.callbacks.wandb_media import WandbMedia
 
     overrides = ["experiment=quickstart", f"data.root={synthetic_root}", "data.num_workers=0", "data.val_batch_size=5",
                  "model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = run_module.plain_config(compose(config_name="train", overrides=overrides))
+        cfg = plain_config(compose(config_name="train", overrides=overrides))
     logged = []
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", lambda self, data, *args, **kwargs: logged.append(data))
     module = SegmentationModule(cfg)

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 from trashseg.training.distill import Distiller, StreamKeys, kd_loss
 from trashseg.training.module import UNLABELLED_POSITION, SegmentationModule
 
@@ -34,7 +35,7 @@ def config(root, tmp_path, *overrides):
 
 
 def plain(root, tmp_path, *overrides) -> dict:
-    return run_module.plain_config(config(root, tmp_path, *overrides))
+    return plain_config(config(root, tmp_path, *overrides))
 
 
 def save_checkpoint(module: SegmentationModule, path: Path, **cfg_changes) -> Path:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from trashseg.checkpoint_file import load_network
+from trashseg.checkpoint import load_network
 from trashseg.models import build_model
 from trashseg.models.prune_unreached import Dropped, drop_unreached
 from trashseg.models.registry import record_dropped_modules, unreached_modules
@@ -172,7 +172,7 @@ def test_a_run_saved_without_the_record_resumes_as_it_was_saved(synthetic_root, 
     encoder stage. A last.ckpt written without the record holds six groups; resumed, the model is built
     as saved (nothing dropped) and the run ends on the weights and optimizer state of a run never
     stopped. Dropping the modules at resume crashed the first scheduler step (6 base_lrs, 4 groups)."""
-    from trashseg.training import run as run_module
+    from trashseg.training import run as run_module, run_config
     from trashseg.training.module import SegmentationModule
 
     def config(*more):
@@ -185,7 +185,7 @@ def test_a_run_saved_without_the_record_resumes_as_it_was_saved(synthetic_root, 
             raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "record_dropped_modules", lambda plain, saved: None)  # a run from before the record
+        patch.setattr(run_config, "record_dropped_modules", lambda plain, saved: None)  # a run from before the record
         run_module.train(config(), straight)
         patch.setattr(SegmentationModule, "on_train_batch_end", kill, raising=False)
         with pytest.raises(Killed):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trashseg.training import run as run_module
-from trashseg.training.encoder_warmup import FrozenEncoderWarmup, encoder_of
+from trashseg.training.optimization.encoder_warmup import FrozenEncoderWarmup, encoder_of
 from trashseg.training.module import SegmentationModule
 from test_train import _one_thread, config, straight_and_resumed  # noqa: F401 (the autouse fixture applies here too)
 

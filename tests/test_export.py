@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from trashseg.data import CocoSegmentationDataset
 from trashseg.inference import load_checkpoint
-from trashseg.inference.cli import main as inference
+from trashseg.inference.command import main as inference
 from trashseg.inference.exported import CLASSES, CONFIG, SIZE, TORCHSCRIPT_METADATA, load_exported
 from trashseg.submission import read_submission
 from trashseg.submission.check import check_submission

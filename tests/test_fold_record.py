@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trashseg.data.fold_record import FoldFileChanged, record_folds, verify_fold_file
-from trashseg.training.run import add_fold_record
+from trashseg.training.run_config import add_fold_record
 
 
 def coco(*ids: int) -> str:

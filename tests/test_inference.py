@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trashseg.inference import LoadedCheckpoint, Predictor, load_checkpoint
-from trashseg.inference.cli import main as inference
+from trashseg.inference.command import main as inference
 from trashseg.inference.ensemble import main as ensemble
 from trashseg.submission import read_submission, to_submission_size
 from trashseg.submission.check import check_submission

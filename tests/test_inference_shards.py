@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from trashseg.inference.cli import main as inference
+from trashseg.inference.command import main as inference
 from trashseg.inference.ensemble import main as ensemble
 from trashseg.inference.shards import main as merge
 from trashseg.submission import read_submission

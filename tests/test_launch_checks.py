@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import open_dict
 
-from trashseg.training.launch import DISTRIBUTED_VARIABLES, SWEEP_GPUS, Job, LaunchError, check_job, place_job, \
+from trashseg.training.launching.jobs import DISTRIBUTED_VARIABLES, SWEEP_GPUS, Job, LaunchError, check_job, place_job, \
     prepare_job, trainer_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +154,7 @@ def sweep_job(monkeypatch, tmp_path):
 def test_optuna_trials_side_by_side_take_their_width_from_n_jobs(sweep_job):
     search = ["experiment=quickstart", "hparams_search=quickstart_optuna", "trainer=gpu", "hydra.launcher.gpus_per_node=4"]
     cfg = sweep_job([*search, "hydra.sweeper.n_jobs=4"], job_num=6, physical=4)
-    prepare_job(cfg)
-    assert list(cfg.trainer.devices) == [2]  # trial 6 in slot 6 mod 4
+    assert list(prepare_job(cfg)["devices"]) == [2]  # trial 6 in slot 6 mod 4
     cfg = sweep_job([*search, "hydra.sweeper.n_jobs=8"], job_num=0, physical=4)
     with pytest.raises(LaunchError, match=r"4 GPUs hold 4 job\(s\) of 1 GPU\(s\) at once, but the sweep may start 8 at "
                                           r"once; set hydra.sweeper.n_jobs=4$"):
@@ -166,8 +165,8 @@ def test_jobs_of_a_sweep_given_gpus_4_to_7_run_on_4_to_7(sweep_job):
     cfg = sweep_job(["experiment=quickstart", "trainer=gpu", "hydra.sweeper.max_batch_size=4",
                      "hydra.launcher.gpus_per_node=4"], job_num=5, physical=8, sweep_gpus="4,5,6,7")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # what submitit's local executor gives the job
-    prepare_job(cfg)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7" and list(cfg.trainer.devices) == [1]  # GPU 5
+    placement = prepare_job(cfg)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7" and list(placement["devices"]) == [1]  # GPU 5
 
 
 @pytest.mark.parametrize("gpus_per_node", [8, 2, None])

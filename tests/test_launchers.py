@@ -21,9 +21,9 @@ from omegaconf import open_dict
 from trashseg.data.kfold import make_folds
 from trashseg.inference.oof import main as oof
 from trashseg.tools.compare import main as compare
-from trashseg.training.launch import Job, LaunchError, check_job, gpu_slot, place_job
-from trashseg.training.overrides import check_overrides
-from trashseg.training.sweep_names import job_name, sweep_identity, swept_keys
+from trashseg.training.launching.jobs import Job, LaunchError, check_job, gpu_slot, place_job
+from trashseg.training.config_keys import check_overrides
+from trashseg.training.launching.sweeps import job_name, sweep_identity, swept_keys
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from trashseg.models import build_model
-from trashseg.training.layer_decay import stage_of
-from trashseg.training.optim import build_optimizer
-from trashseg.training.param_groups import build_param_groups, groups_table
+from trashseg.training.optimization.optimizer import stage_of
+from trashseg.training.optimization.optimizer import build_optimizer
+from trashseg.training.optimization.optimizer import build_param_groups, groups_table
 
 TINY = {  # the real encoder classes, one block per stage and narrow: built in well under a second
     "swin": {"name": "smp", "arch": "UPerNet", "encoder_name": "tu-swin_tiny_patch4_window7_224",

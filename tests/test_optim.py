@@ -8,8 +8,9 @@ import yaml
 from torch import nn
 
 from trashseg.training.losses import WeightedLoss
-from trashseg.training.optim import build_optimizer, build_scheduler
-from trashseg.training.param_groups import build_param_groups, groups_table
+from trashseg.training.optimization.optimizer import build_optimizer
+from trashseg.training.optimization.schedules import build_scheduler
+from trashseg.training.optimization.optimizer import build_param_groups, groups_table
 
 LOSSES = Path(__file__).resolve().parents[1] / "configs" / "loss"
 

@@ -13,8 +13,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.data.normalize import Normalize
-from trashseg.training import run as run_module
-from trashseg.training.averaging import build_averaging
+from trashseg.training.run_config import plain_config
+from trashseg.training.callbacks.averaging import build_averaging
 from trashseg.training.module import SegmentationModule
 
 from small_runs import small_quickstart
@@ -64,7 +64,7 @@ def fit(synthetic_root, tmp_path, monkeypatch, fault: str, accumulate: int):
         monkeypatch.setattr(Normalize, "forward", overflowing_input)
     else:
         monkeypatch.setattr(SegmentationModule, "_loss", overflowing_gradients)
-    cfg = run_module.plain_config(small_quickstart(synthetic_root, tmp_path, "averaging=ema", "averaging.decay=0.5",
+    cfg = plain_config(small_quickstart(synthetic_root, tmp_path, "averaging=ema", "averaging.decay=0.5",
                                                       batch_size=4 // accumulate))  # 24 images: 4 steps fit
     torch.manual_seed(0)
     module = SegmentationModule(cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trashseg.training.overrides import check_overrides
+from trashseg.training.config_keys import check_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -90,7 +90,7 @@ def test_every_trainer_key_the_docs_name_is_in_every_trainer_config():
     ["experiment=bench/trashcan_curve", "trainer.max_time=00:00:05:00", "trainer.val_check_interval=0.25"],
 ])
 def test_the_trainer_keys_the_readme_names_need_no_plus(args):
-    from trashseg.training.config_check import check_config
+    from trashseg.training.config_keys import check_config
 
     assert check_overrides(args, CONFIGS) is None
     cfg = composed(*args)

@@ -13,13 +13,15 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from trashseg.data.datamodule import TrashDataModule
-from trashseg.inference.checkpoint import autocast_dtype, load_checkpoint
+from trashseg.inference.checkpoint import load_checkpoint
+from trashseg.precision import autocast_dtype
 from trashseg.inference.loop import build_loader
 from trashseg.inference.predictor import NonFiniteLogitsError, Predictor
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 from trashseg.training.module import NonFiniteLossError, SegmentationModule
-from trashseg.training.nonfinite import NonFiniteStreak
-from trashseg.training.precision import resolve_precision
+from trashseg.training.callbacks.nonfinite import NonFiniteStreak
+from trashseg.precision import resolve_precision
 
 from small_runs import small_quickstart
 
@@ -185,7 +187,7 @@ def fit_16_mixed(synthetic_root, tmp_path, monkeypatch, nan_steps, *overrides):
         return loss * math.nan if self.training and self.global_step in nan_steps else loss
 
     monkeypatch.setattr(SegmentationModule, "_loss", poisoned)
-    cfg = run_module.plain_config(config(synthetic_root, tmp_path, *overrides))
+    cfg = plain_config(config(synthetic_root, tmp_path, *overrides))
     torch.manual_seed(0)
     module, watch = SegmentationModule(cfg), StepWatch()
     trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,

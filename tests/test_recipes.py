@@ -406,7 +406,7 @@ def test_crf_follows_image_edges():
 
 
 def test_crf_without_the_package_is_one_line(monkeypatch, tmp_path, capsys):
-    from trashseg.inference.cli import main as inference
+    from trashseg.inference.command import main as inference
 
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # as if pydensecrf2 were not installed
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
@@ -452,7 +452,7 @@ def _plain_and_mode3(ckpt, root, ann):
 
 
 def test_val_reports_the_metric_with_and_without_post_processing(untrained_checkpoint, tmp_path, capsys):
-    from trashseg.inference.cli import main as inference
+    from trashseg.inference.command import main as inference
 
     common = ["--checkpoint", str(untrained_checkpoint), "--split", "val", "--num-workers", "0"]
     assert inference([*common, "--out", str(tmp_path / "plain.json")]) == 0
@@ -468,7 +468,7 @@ def test_val_reports_the_metric_with_and_without_post_processing(untrained_check
 def test_submission_and_pseudo_labels_get_the_post_processed_labels(untrained_checkpoint, synthetic_root, tmp_path):
     from pycocotools import mask as mask_utils
 
-    from trashseg.inference.cli import main as inference
+    from trashseg.inference.command import main as inference
     from trashseg.inference.pseudo import main as pseudo
     from trashseg.submission import read_submission, to_submission_size
 

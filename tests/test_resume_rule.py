@@ -21,12 +21,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from trashseg.cli import one_line
+from trashseg.errors import one_line
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 from trashseg.training.module import SegmentationModule
-from trashseg.training.resume_check import finished_by
-from trashseg.training.resume_target import current_config, find_resume_checkpoint, named_run_folder
-from trashseg.training.run_folder import JOB_FILE
+from trashseg.training.resuming.changes import finished_by
+from trashseg.training.resuming.target import current_config, find_resume_checkpoint, named_run_folder
+from trashseg.training.callbacks.run_folder import JOB_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # 6 steps an epoch (24 images in batches of 4), validated and checkpointed every 3
@@ -170,7 +171,7 @@ def test_a_resume_keeps_config_yaml_as_the_run_started(synthetic_root, one_epoch
                                 "trainer.max_epochs": {"was": 1, "now": 2}}
     now = current_config(first)
     assert now["data"]["root"] == str(moved) and now["trainer"]["max_epochs"] == 2
-    longer = run_module.plain_config(command(moved, runs, "trainer.max_epochs=3", "resume=auto"))
+    longer = plain_config(command(moved, runs, "trainer.max_epochs=3", "resume=auto"))
     assert find_resume_checkpoint("auto", runs, "quickstart", tmp_path / "fresh2", longer) == first / "checkpoints" / "last.ckpt"
 
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from trashseg.training.module import SegmentationModule
-from trashseg.training.optim import horizon_problem, multiplier
+from trashseg.training.optimization.schedules import horizon_problem, multiplier
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAIN_IMAGES = 2617  # the competition's train.json

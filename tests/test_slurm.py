@@ -22,8 +22,8 @@ import torch
 from test_launchers import TINY, explain
 from trashseg.data.kfold import make_folds
 from trashseg.inference.oof import main as oof
-from trashseg.training import threads as threads_module
-from trashseg.training.threads import plan_threads
+from trashseg.training.launching import threads as threads_module
+from trashseg.training.launching.threads import plan_threads
 
 REPO = Path(__file__).resolve().parents[1]
 # cpus_per_task as a cluster user sets it; timeout_min is the job's --time
@@ -197,7 +197,7 @@ def test_a_job_requeued_mid_training_continues_its_own_folder_to_the_same_metric
 
 # ---------------------------------------------------------------- a task's threads
 
-THREADS = ("import sys, torch; from trashseg.training.threads import size_threads; "
+THREADS = ("import sys, torch; from trashseg.training.launching.threads import size_threads; "
            "plan = size_threads({'threads': 'auto', 'data': {'num_workers': 4}, "
            "'trainer': {'accelerator': 'cpu', 'strategy': 'ddp', 'devices': int(sys.argv[1])}}); "
            "print('torch threads', torch.get_num_threads(), plan.reason)")

@@ -25,8 +25,8 @@ from omegaconf import OmegaConf, open_dict
 from trashseg.data.kfold import make_folds
 from trashseg.inference.options import sweep_runs
 from trashseg.tools import compare
-from trashseg.training.run import build_loggers
-from trashseg.training.sweep_summary import SweepSummary
+from trashseg.training.callbacks.loggers import build_loggers
+from trashseg.training.launching.sweeps import SweepSummary
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -12,7 +12,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from trashseg.training import run as run_module
-from trashseg.training.config_check import ConfigError
+from trashseg.training.resuming.target import find_resume_checkpoint
+from trashseg.training.run_config import plain_config
+from trashseg.training.config_keys import ConfigError
 from trashseg.training.module import NonFiniteLossError, SegmentationModule
 from trashseg.data.datamodule import TrashDataModule
 
@@ -64,10 +66,10 @@ def test_resume_auto_finds_the_newest_run(tmp_path):
     for name in ("old", "new"):
         (runs / "exp" / name / "checkpoints").mkdir(parents=True)
         (runs / "exp" / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    found = run_module.find_resume_checkpoint("auto", runs, "exp")
+    found = find_resume_checkpoint("auto", runs, "exp")
     assert found == runs / "exp" / "new" / "checkpoints" / "last.ckpt"
     with pytest.raises(FileNotFoundError, match="no earlier run of 'other'"):
-        run_module.find_resume_checkpoint("auto", runs, "other")
+        find_resume_checkpoint("auto", runs, "other")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -104,7 +106,7 @@ def test_ddp_validation_equals_single_process(synthetic_root, tmp_path):
     coco["images"] = coco["images"][:9]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in {im["id"] for im in coco["images"]}]
     (tmp_path / "val9.json").write_text(json.dumps(coco))  # not in synthetic_root: other tests list its files
-    cfg = run_module.plain_config(config(synthetic_root, tmp_path, f"data.val_ann={tmp_path / 'val9.json'}"))
+    cfg = plain_config(config(synthetic_root, tmp_path, f"data.val_ann={tmp_path / 'val9.json'}"))
     torch.manual_seed(0)
     module = SegmentationModule(cfg)
     results = []
@@ -153,7 +155,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_passes_the_key_check(name):
-    from trashseg.training.config_check import check_config
+    from trashseg.training.config_keys import check_config
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}"])
@@ -205,7 +207,7 @@ def test_resume_restores_the_weight_average_exactly(synthetic_root, tmp_path, mo
 def test_resume_accepts_options_added_since_the_checkpoint_when_off():
     """A run saved before `averaging` / `optimizer.layer_decay` existed resumes when they are null
     (their default), and is refused when the resume turns one on."""
-    from trashseg.training.resume_check import check_resume_config
+    from trashseg.training.resuming.changes import check_resume_config
 
     saved = {"optimizer": {"name": "adamw", "lr": 1e-3}, "seed": 1}
     off = {"optimizer": {"name": "adamw", "lr": 1e-3, "layer_decay": None}, "seed": 1, "averaging": None}
@@ -217,7 +219,7 @@ def test_resume_accepts_options_added_since_the_checkpoint_when_off():
 def test_a_run_folder_in_use_is_refused_in_one_line(synthetic_root, tmp_path):
     """Two train.py started in the same second get the same time-stamped folder from Hydra: the second
     stops before writing anything instead of interleaving its metrics and checkpoints with the first's."""
-    from trashseg.training.run_folder import RunFolderBusy, claimed
+    from trashseg.training.callbacks.run_folder import RunFolderBusy, claimed
 
     run_dir = tmp_path / "runs" / "quickstart" / "same-second"
     with claimed(run_dir):  # the first run, still training
@@ -232,7 +234,7 @@ def test_a_run_folder_in_use_is_refused_in_one_line(synthetic_root, tmp_path):
 def test_only_the_first_node_claims_a_shared_run_folder(tmp_path, monkeypatch):
     """Nodes launched by hand (NODE_RANK=1, no RANK or LOCAL_RANK yet) share rank 0's folder: a second
     node that claimed it too would stop, and the first would wait for it forever (CI 2026-12-02)."""
-    from trashseg.training.run_folder import RunFolderBusy, claimed
+    from trashseg.training.callbacks.run_folder import RunFolderBusy, claimed
 
     run_dir = tmp_path / "shared"
     with claimed(run_dir):  # node 0

@@ -27,13 +27,13 @@ from trashseg.data.check import main as check_data
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.data.kfold import main as kfold
 from trashseg.data.synthetic import is_synthetic
-from trashseg.inference.cli import output_name
+from trashseg.inference.command import output_name
 from trashseg.inference.pseudo import main as pseudo
 from trashseg.submission import SubmissionWriter
 from trashseg.submission.__main__ import main as submission
-from trashseg.training import run as run_module
-from trashseg.training.resume_target import find_resume_checkpoint
-from trashseg.training.sweep_summary import summary_lines
+from trashseg.training.run_config import check_accelerator, plain_config
+from trashseg.training.resuming.target import find_resume_checkpoint
+from trashseg.training.launching.sweeps import summary_lines
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.num_workers=0", "data.batch_size=4", "data.val_batch_size=5", "logger=csv",
@@ -133,7 +133,7 @@ def test_a_gpu_recipe_on_a_cpu_machine_is_one_line_naming_trainer_cpu(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no run folder
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):  # the fix it names passes
         cfg = compose(config_name="train", overrides=["experiment=competition/fcn8s_vgg16", "trainer=cpu"])
-    run_module.check_accelerator(run_module.plain_config(cfg)["trainer"])
+    check_accelerator(plain_config(cfg)["trainer"])
 
 
 # ---------------------------------------------------------------- which run resume=auto continues

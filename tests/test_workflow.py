@@ -18,13 +18,14 @@ from trashseg.data.datamodule import TrashDataModule
 from trashseg.data.kfold import _spread_rare_classes, make_folds, run_annotation
 from trashseg.data.kfold import main as kfold
 from trashseg.inference import Predictor, load_checkpoint
-from trashseg.inference.cli import main as inference
+from trashseg.inference.command import main as inference
 from trashseg.inference.loop import build_dataset
 from trashseg.inference.oof import main as oof
 from trashseg.inference.pseudo import main as pseudo
 from trashseg.metric import confusion_matrix
 from trashseg.tools.export import main as export
 from trashseg.training import run as run_module
+from trashseg.training.run_config import plain_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FOLDS = 3
@@ -304,7 +305,7 @@ def test_a_model_trained_on_train_plus_pseudo_labels_validates(pseudo_labels, po
     out, _, _ = pseudo_labels
     extra = f"data.extra_train=[{{ann:{out},crowd:ignore}}]"
     cfg = train_config(pool, tmp_path, extra)
-    datamodule = TrashDataModule(**run_module.plain_config(cfg)["data"], augment=None)
+    datamodule = TrashDataModule(**plain_config(cfg)["data"], augment=None)
     assert len(datamodule.dataset("train")) == len(read(pool / "train.json")["images"]) + len(read(out)["images"])
     metrics = run_module.train(cfg, tmp_path / "run")
     assert 0.0 <= metrics["val/mIoU"] <= 1.0

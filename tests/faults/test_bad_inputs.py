@@ -13,13 +13,13 @@ from PIL import Image
 
 from faultlib import explain, run_script, small_config, temp_files
 from trashseg.atomic import DiskFullError
-from trashseg.checkpoint_file import CheckpointFileError
-from trashseg.cli import one_line
-from trashseg.inference.cli import main as inference
+from trashseg.checkpoint import CheckpointFileError
+from trashseg.errors import one_line
+from trashseg.inference.command import main as inference
 from trashseg.inference.probs_store import ProbsWriter, read_index
 from trashseg.submission.__main__ import main as submission_cli
-from trashseg.training import checkpoint_io
-from trashseg.training.history import read_rows
+from trashseg.checkpoint import lightning_io
+from trashseg.training.callbacks.history import read_rows
 from trashseg.training.run import train
 
 
@@ -178,7 +178,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_last_one(synthetic_root,
             no_space()
         real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", save_until_full)
+    monkeypatch.setattr(lightning_io.torch, "save", save_until_full)
     run = tmp_path / "runs" / "quickstart" / "full"
     line = fails_in_one_line(small_config(synthetic_root, tmp_path / "runs"), run, DiskFullError, "no space left")
     assert "checkpoints/" in line and "free space" in line

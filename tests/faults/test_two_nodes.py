@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from faultlib import REPO, SMALL, temp_files
-from trashseg.checkpoint_file import read_checkpoint, run_config
+from trashseg.checkpoint import read_checkpoint, run_config
 from trashseg.data.datamodule import TrashDataModule
 from trashseg.training.module import SegmentationModule
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 
 from .coco import read_coco
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 
 from .classes import CLASSES
 from .coco import decode, segmentation_to_rle

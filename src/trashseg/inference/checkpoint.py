@@ -1,4 +1,5 @@
-"""Rebuild a model from a training checkpoint without running any pickled code."""
+"""A training checkpoint loaded for prediction (trashseg.checkpoint rebuilds it without running
+any pickled code), refused when its weights hold NaN or inf."""
 
 from __future__ import annotations
 
@@ -8,42 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trashseg.checkpoint_file import load_network
-from trashseg.data.normalize import Normalize
-from trashseg.memory_format import channels_last_input, to_channels_last, wants_channels_last
-
-
-def autocast_dtype(precision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype that predicts as a run of `precision` (its trainer.precision) trained, on
-    `device`; None: float32. float16 only on CUDA: CPUs have no fast float16 kernels (Lightning
-    itself trains a CPU run of 16-mixed in bf16-mixed), and float32 holds every float16 value."""
-    precision = str(precision)
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision in ("16-mixed", "16-true", "16", "half") and device.type == "cuda":
-        return torch.float16
-    return None
-
-
-class TorchNet(nn.Module):
-    """A checkpoint's network behind its normalisation: pixels (uint8, or float in 0..255 after
-    a rescale) N x 3 x H x W -> float32 logits N x C x H x W, on one device, computed in the
-    precision the run trained in (`autocast_dtype` of its trainer.precision)."""
-
-    def __init__(self, model: nn.Module, cfg: dict, device: torch.device):
-        super().__init__()
-        self.normalize = Normalize(cfg["data"]["mean"], cfg["data"]["std"])
-        self.model = model.eval()
-        self.to(device)
-        self.compute_dtype = autocast_dtype(cfg.get("trainer", {}).get("precision", "32-true"), device)
-        self.channels_last = wants_channels_last(cfg.get("channels_last"), device)  # as the run trained
-        if self.channels_last:
-            to_channels_last(self.model)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(pixels.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype is not None):
-            x = self.normalize(pixels)
-            return self.model(channels_last_input(x) if self.channels_last else x).float()
+from trashseg.checkpoint import NormalisedNet, load_network
 
 
 @dataclass
@@ -61,8 +27,9 @@ class LoadedCheckpoint:
         """The run folder's name (runs/<experiment>/<run>/checkpoints/best.ckpt -> <run>)."""
         return self.path.resolve().parent.parent.name
 
-    def net(self, device: str | torch.device = "cpu") -> TorchNet:
-        return TorchNet(self.model, self.cfg, torch.device(device))
+    def net(self, device: str | torch.device = "cpu") -> NormalisedNet:
+        """In the precision and memory format the run trained in."""
+        return NormalisedNet(self.model, self.cfg, torch.device(device))
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:

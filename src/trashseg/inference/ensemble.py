@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trashseg.cli import run_or_report
 from trashseg.data.image_io import read_rgb
+from trashseg.errors import run_or_report
 from trashseg.submission import SubmissionWriter
 
 from .postprocess import POST_MODES, check_post, postprocess

@@ -22,15 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trashseg.cli import run_or_report
 from trashseg.data.classes import palette_for
 from trashseg.data.fold_record import verify_fold_file
 from trashseg.data.kfold import fold_annotations
+from trashseg.errors import run_or_report
 from trashseg.metric import confusion_matrix, iou_per_class, summarize
+from trashseg.run_layout import MAIN_METRIC, best_checkpoint, best_row, read_config, read_metrics
 
 from .checkpoint import load_checkpoint
 from .loop import build_loader, predict_labels
-from .options import add_predictor_args, run_fold, run_folder_config, sweep_runs
+from .options import add_predictor_args, run_fold, sweep_runs
 from .postprocess import check_post
 from .predictor import Predictor
 
@@ -48,7 +49,7 @@ def fold_runs(sweep_dir: Path, data_root: Path | None = None) -> list[tuple[int,
         if fold in by_fold:
             raise ValueError(f"{by_fold[fold]} and {run} were both trained on fold {fold}; move one out of {sweep_dir}")
         by_fold[fold] = run
-    cfg = run_folder_config(next(iter(by_fold.values())))
+    cfg = read_config(next(iter(by_fold.values())))
     folder = Path(data_root or cfg["data"]["root"]) / cfg["data"]["folds_dir"]
     n_folds = len(list(folder.glob("fold*_val.json")))
     missing = sorted(set(range(n_folds)) - set(by_fold))
@@ -61,7 +62,7 @@ def fold_runs(sweep_dir: Path, data_root: Path | None = None) -> list[tuple[int,
 def check_fold_records(runs: list[tuple[int, Path]], sweep_dir: Path, data_root: Path | None) -> None:
     """Before any prediction: every run's val file must be the one it was trained beside (its
     record in config.yaml, the same as in its checkpoint); one warning line for runs without a record."""
-    unverified = [run.name for _, run in runs if verify_fold_file(run_folder_config(run), "val", data_root, run)]
+    unverified = [run.name for _, run in runs if verify_fold_file(read_config(run), "val", data_root, run)]
     if unverified:
         print(f"warning: fold runs {', '.join(unverified)} of {sweep_dir} record no fold files (trained before trashseg "
               "recorded them), so their val files could not be verified as the ones they were trained beside; retrain "
@@ -79,7 +80,7 @@ class OOFResult:
 
 def score_fold(result: OOFResult, fold: int, run: Path, args: argparse.Namespace) -> None:
     """Predict the fold's val images with its best checkpoint; add to the OOF confusion."""
-    ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    ckpt = load_checkpoint(best_checkpoint(run))
     if ckpt.classes != result.classes:
         raise ValueError(f"{run} was trained on classes {ckpt.classes} but the sweep's first run on {result.classes}")
     root = args.data_root or Path(ckpt.cfg["data"]["root"])
@@ -113,11 +114,8 @@ def score_fold(result: OOFResult, fold: int, run: Path, args: argparse.Namespace
 
 def _logged_best(run: Path) -> float | None:
     """The best val/mIoU the run logged during training (its own fold's val), if recorded."""
-    metrics = run / "metrics.csv"
-    if not metrics.is_file():
-        return None
-    values = pd.read_csv(metrics).get("val/mIoU")
-    return None if values is None or values.dropna().empty else float(values.max())
+    row = best_row(read_metrics(run))
+    return None if row is None else float(row[MAIN_METRIC])
 
 
 def summary(result: OOFResult, args: argparse.Namespace) -> dict:
@@ -166,7 +164,7 @@ def oof(args: argparse.Namespace) -> str:
     check_post(args.post)
     runs = fold_runs(args.sweep_dir, args.data_root)
     check_fold_records(runs, args.sweep_dir, args.data_root)
-    classes = list(run_folder_config(runs[0][1])["data"]["classes"])
+    classes = list(read_config(runs[0][1])["data"]["classes"])
     n = len(classes)
     result = OOFResult(classes, torch.zeros(n, n, dtype=torch.long))
     for fold, run in runs:

@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from trashseg.data.dataset import CocoSegmentationDataset
 from trashseg.data.fold_record import sha256_of, verify_fold_file
+from trashseg.run_layout import BEST, best_checkpoint, is_run, job_order, last_checkpoint, read_config
+from trashseg.tta import TTA_MODES
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, same_classes
 from .exported import LoadedExport, load_exported
 from .postprocess import POST_MODES, check_post
 from .predictor import Predictor
-from .tta import TTA_MODES
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -67,45 +67,31 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", help="annotation file under the data root (default: the checkpoint's test_ann / val_ann)")
 
 
-def _run_order(run: Path):
-    """Sweep subfolders 0, 1, ..., 10 in numeric order."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", run.name)]
-
-
 def sweep_runs(sweep_dir: Path) -> list[Path]:
     """The run folders of a sweep; every one must hold checkpoints/best.ckpt, so an ensemble
     never silently skips an unfinished run."""
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep folder not found: {sweep_dir}")
-    runs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or (p / "checkpoints").is_dir())),
-                  key=_run_order)
+    runs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and is_run(p)), key=job_order)
     if not runs:
         raise FileNotFoundError(f"{sweep_dir} holds no run folders (subfolders with config.yaml); give the folder of a "
                                 "sweep (python train.py -m ...), e.g. runs/multirun/<experiment>/<time>")
     for run in runs:
-        if not (run / "checkpoints" / "best.ckpt").is_file():
-            raise FileNotFoundError(f"{run} has no checkpoints/best.ckpt (unfinished or failed run); finish it with "
-                                    f"resume={run / 'checkpoints' / 'last.ckpt'} or move the folder out of {sweep_dir}")
+        if not best_checkpoint(run).is_file():
+            raise FileNotFoundError(f"{run} has no {BEST} (unfinished or failed run); finish it with "
+                                    f"resume={last_checkpoint(run)} or move the folder out of {sweep_dir}")
     return runs
-
-
-def run_folder_config(run: Path) -> dict:
-    """A run folder's resolved config.yaml."""
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a trashseg run folder")
-    return yaml.safe_load(path.read_text())
 
 
 def run_fold(run: Path) -> int | None:
     """The data.fold a run was trained on, None when it was not a fold run."""
-    return run_folder_config(run)["data"].get("fold")
+    return read_config(run)["data"].get("fold")
 
 
 def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
     paths = list(args.checkpoint)
     for sweep in args.checkpoints_from:
-        paths += [run / "checkpoints" / "best.ckpt" for run in sweep_runs(sweep)]
+        paths += [best_checkpoint(run) for run in sweep_runs(sweep)]
     if not paths and not getattr(args, "model", None):
         raise ValueError("no model given: pass --checkpoint CKPT (repeatable), --checkpoints-from SWEEP_DIR and/or "
                          "--model FILE.onnx")

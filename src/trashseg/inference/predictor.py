@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
-from .tta import tta_views
+from trashseg.tta import tta_views
 
 Net = Callable[[torch.Tensor], torch.Tensor]
 

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 
 from .probs_store import ProbsWriter, read_index
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 
 from . import check
 from .vote import vote

@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from trashseg.cli import USER_ERRORS, report
 from trashseg.data.synthetic import is_synthetic, synthetic_note
+from trashseg.errors import USER_ERRORS, report
 
 from .csv_format import HEADER, SUBMISSION_SIZE
 

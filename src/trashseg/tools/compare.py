@@ -21,41 +21,40 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
-from trashseg.training.job_failure import failure_reason  # noqa: E402
+from trashseg.run_layout import (  # noqa: E402
+    CONFIG_FILE, MAIN_METRIC, METRICS_FILE, best_row, failure_reason, is_run, read_config, read_metrics)
 
 log = logging.getLogger("trashseg.compare")
 
-MAIN_METRIC = "val/mIoU"
 CLASS_PREFIX = "val/IoU/"
 # Keys that name the run itself rather than how it was trained.
 IDENTITY_KEYS = ("hydra.", "paths.", "logger.wandb.name", "logger.wandb.id", "run_dir", "resume")
-
-
-def is_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "metrics.csv").is_file()
 
 
 def find_runs(paths: Iterable[Path]) -> list[Path]:
     """Run folders under `paths`; a folder that is neither a run nor holds runs is skipped with a warning."""
     runs = []
     for path in paths:
-        if is_run(path):
-            runs.append(path)
+        if is_run(path):  # compared by what it started with and what it logged
+            missing = [name for name in (CONFIG_FILE, METRICS_FILE) if not (path / name).is_file()]
+            if missing:
+                log.warning("skipping %s: a run folder without %s yet", path, " and ".join(missing))
+            else:
+                runs.append(path)
             continue
         children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
         found = find_runs(children)
         if not found and (reason := failure_reason(path)):  # a sweep job refused before training
             log.info("skipping %s: its job failed: %s", path, reason)
         elif not found:
-            log.warning("skipping %s: not a run folder (no config.yaml and metrics.csv) and holds none", path)
+            log.warning("skipping %s: not a run folder (no config.yaml or checkpoints/) and holds none", path)
         runs += found
     return runs
 
 
 def flat_config(run: Path) -> dict:
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    config = read_config(run)
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
     return {k: (str(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items() if not k.startswith(IDENTITY_KEYS)}
 
@@ -66,21 +65,21 @@ def differing_keys(configs: list[dict]) -> list[str]:
 
 
 def run_summary(run: Path, metrics: pd.DataFrame) -> dict:
-    val = metrics.dropna(subset=[MAIN_METRIC]) if MAIN_METRIC in metrics else metrics.iloc[0:0]
-    row = {"run": str(run), "date": dt.datetime.fromtimestamp((run / "config.yaml").stat().st_mtime).strftime("%Y-%m-%d %H:%M")}
-    if val.empty:
+    started = (run / CONFIG_FILE).stat().st_mtime
+    row = {"run": str(run), "date": dt.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M")}
+    best = best_row(metrics)
+    if best is None:
         return row | {"best val/mIoU": float("nan"), "best epoch": None}
-    best = val.loc[val[MAIN_METRIC].idxmax()]
     row |= {"best val/mIoU": float(best[MAIN_METRIC]), "best epoch": int(best["epoch"])}
     row |= {c.removeprefix(CLASS_PREFIX): float(best[c]) for c in metrics.columns if c.startswith(CLASS_PREFIX)}
     # From the folder alone: config.yaml is written at start, metrics.csv last touched at the end.
-    row["train time (min)"] = round(((run / "metrics.csv").stat().st_mtime - (run / "config.yaml").stat().st_mtime) / 60, 2)
+    row["train time (min)"] = round(((run / METRICS_FILE).stat().st_mtime - started) / 60, 2)
     return row
 
 
 def compare(runs: list[Path], sort: str = "best val/mIoU") -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The comparison table and each run's metrics, keyed by run path."""
-    metrics = {str(r): pd.read_csv(r / "metrics.csv") for r in runs}
+    metrics = {str(r): read_metrics(r) for r in runs}
     configs = [flat_config(r) for r in runs]
     keys = differing_keys(configs)
     rows = [run_summary(r, metrics[str(r)]) | {k: c.get(k) for k in keys} for r, c in zip(runs, configs)]
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     runs = find_runs(args.paths)
     if not runs:
-        print(f"no runs found under {', '.join(map(str, args.paths))} (a run folder has config.yaml and metrics.csv)", file=sys.stderr)
+        print(f"no runs found under {', '.join(map(str, args.paths))} (a run folder with config.yaml and metrics.csv)", file=sys.stderr)
         return 1
     table, metrics = compare(runs, args.sort)
     markdown = table.to_markdown(index=False, floatfmt=".4f")

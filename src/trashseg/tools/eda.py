@@ -29,11 +29,11 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
-from trashseg.cli import run_or_report  # noqa: E402
 from trashseg.data.classes import CLASSES, palette_for  # noqa: E402
 from trashseg.data.coco import segmentation_to_rle  # noqa: E402
 from trashseg.data.dataset import CocoSegmentationDataset  # noqa: E402
 from trashseg.data.samplers import SAMPLERS, ClassBalancedSampler, SeededSampler  # noqa: E402
+from trashseg.errors import run_or_report  # noqa: E402
 
 
 def collect(ds: CocoSegmentationDataset) -> dict:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from trashseg.cli import run_or_report
 from trashseg.data.kfold import run_annotation
+from trashseg.errors import run_or_report
 from trashseg.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from trashseg.inference.exported import as_pixels, load_exported, metadata
 from trashseg.inference.loop import build_dataset, build_loader, predict_labels

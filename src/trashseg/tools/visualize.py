@@ -19,7 +19,7 @@ import torch
 from trashseg.data.classes import palette_for
 from trashseg.drawing import plot_confusion, plot_grid
 from trashseg.inference.checkpoint import load_checkpoint
-from trashseg.inference.cli import predictions
+from trashseg.inference.command import predictions
 from trashseg.inference.loop import build_loader
 from trashseg.inference.predictor import Predictor
 from trashseg.metric import SegmentationMetric

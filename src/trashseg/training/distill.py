@@ -22,24 +22,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from trashseg.checkpoint_file import load_network
+from trashseg.checkpoint import NormalisedNet, load_network
 from trashseg.data.classes import IGNORE_INDEX
 from trashseg.data.datamodule import SeededConcatDataset, pad_collate
 from trashseg.data.dataset import CocoSegmentationDataset
-from trashseg.data.normalize import Normalize
+from trashseg.memory_format import to_channels_last
 from trashseg.tta import TTA_MODES, tta_views
 
-from .overrides import unknown_key_message
+from .config_keys import unknown_key_message
 
 KEYS = ("teacher", "temperature", "alpha", "tta", "weights", "unlabelled", "unlabelled_batch_size")
 SOURCE_KEYS = ("ann", "root", "images_relative_to")
@@ -81,15 +79,9 @@ def check_distill_config(cfg: Mapping) -> dict:
             "unlabelled": [dict(s) for s in sources], "unlabelled_batch_size": batch}
 
 
-@dataclass
-class Teacher:
-    path: Path
-    model: nn.Module
-    normalize: Normalize  # the teacher's own checkpoint's mean / std
-
-
-def load_teacher(path: str | Path, classes: Sequence[str]) -> Teacher:
-    """The checkpoint's network, rebuilt from its own run config, frozen and in eval mode."""
+def load_teacher(path: str | Path, classes: Sequence[str]) -> NormalisedNet:
+    """The checkpoint's network behind its own normalisation, frozen and in eval mode; it computes in
+    the student's precision (the training step's autocast) and runs channels_last where the student does."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"distill.teacher: checkpoint not found: {path}; give checkpoints train.py wrote, "
@@ -99,7 +91,7 @@ def load_teacher(path: str | Path, classes: Sequence[str]) -> Teacher:
         raise ValueError(f"distill.teacher {path} was trained on classes {list(cfg['data']['classes'])} but this run's "
                          f"data.classes is {list(classes)}; distil only from teachers trained on the same class list")
     model.requires_grad_(False)
-    return Teacher(path, model, Normalize(cfg["data"]["mean"], cfg["data"]["std"]))
+    return NormalisedNet(model, cfg, "cpu", own_precision=False, channels_last=False)
 
 
 def pixel_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -155,10 +147,10 @@ class Distiller:
     def to(self, device: torch.device) -> Distiller:
         if device != self.device:
             for teacher in self.teachers:
-                teacher.model.to(device)
-                teacher.normalize.to(device)
+                teacher.to(device)
                 if device.type == "cuda":
-                    teacher.model.to(memory_format=torch.channels_last)
+                    to_channels_last(teacher.model)
+                    teacher.channels_last = True
             self.device = device
         return self
 
@@ -169,11 +161,8 @@ class Distiller:
         self.to(images.device)
         out = None
         for teacher, weight in zip(self.teachers, self.weights):
-            x = teacher.normalize(images)
-            if x.is_cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for forward, inverse in self.views:
-                logits = inverse(teacher.model(forward(x))).float()
+            for forward, inverse in self.views:  # flips and rotations: they commute with the normalisation
+                logits = inverse(teacher(forward(images)))
                 if logits.shape[-2:] != tuple(size):
                     logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
                 p = (logits / self.temperature).softmax(1) * (weight / len(self.views))

@@ -12,18 +12,19 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
+from trashseg.checkpoint.rng import capture as capture_rng, restore as restore_rng
 from trashseg.data.classes import IGNORE_INDEX
 from trashseg.data.normalize import Normalize
 from trashseg.memory_format import channels_last_input, to_channels_last, wants_channels_last
 from trashseg.metric import SegmentationMetric
 from trashseg.models import build_model
+from trashseg.run_layout import LAST
 
+from .callbacks.nonfinite import BuffersKeptOnSkip, NonFiniteStreak
 from .distill import build_distillation
 from .losses import WeightedLoss
-from .nonfinite import BuffersKeptOnSkip, NonFiniteStreak
-from .optim import build_optimizer, build_scheduler, horizon_problem
-from .param_groups import groups_table
-from .rng_state import capture as capture_rng, restore as restore_rng
+from .optimization.optimizer import build_optimizer, groups_table
+from .optimization.schedules import build_scheduler, horizon_problem
 
 
 # Validation metrics are summed across processes by torchmetrics before they are logged.
@@ -112,9 +113,9 @@ class SegmentationModule(L.LightningModule):
         elif not torch.isfinite(loss):  # a host sync, needed: nothing would skip this step, its update makes NaN weights
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {self.current_epoch} step {self.global_step}; training stopped and "
-                f"the last good checkpoint is kept (checkpoints/last.ckpt). {NONFINITE_FIX}")
+                f"the last good checkpoint is kept ({LAST}). {NONFINITE_FIX}")
         # Per step only: an epoch aggregate would reach the logger after the epoch's checkpoint is written,
-        # so a kill in between would lose it for good (training.history).
+        # so a kill in between would lose it for good (training.callbacks.history).
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return loss
 
@@ -124,7 +125,7 @@ class SegmentationModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"loss was NaN or inf in {streak.longest} training steps in a row (nonfinite_losses_in_a_row="
                 f"{streak.limit}), seen at epoch {self.current_epoch} step {self.global_step}; GradScaler skipped those "
-                f"steps, training stopped and the last good checkpoint is kept (checkpoints/last.ckpt). {NONFINITE_FIX}")
+                f"steps, training stopped and the last good checkpoint is kept ({LAST}). {NONFINITE_FIX}")
 
     def on_train_epoch_end(self) -> None:
         if self.nonfinite is not None:
@@ -197,7 +198,7 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng"] = capture_rng(self.device)  # a resumed run draws what an uninterrupted one would (rng_state)
+        checkpoint["rng"] = capture_rng(self.device)  # a resumed run draws what an uninterrupted one would (checkpoint.rng)
         wandb_id = getattr(self, "wandb_run_id", None)
         if wandb_id:
             checkpoint["wandb_run_id"] = wandb_id

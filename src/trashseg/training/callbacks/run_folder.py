@@ -29,6 +29,7 @@ except ImportError:  # Windows: no claim; the used() check alone
     fcntl = None
 
 from trashseg.atomic import remove_temps_in, write_text
+from trashseg.run_layout import CHECKPOINTS, CONFIG_FILE, RESUMES_FILE, last_checkpoint
 
 
 JOB_FILE = "scheduler_job.yaml"
@@ -57,11 +58,6 @@ def restarted_job(run_dir: Path) -> dict | None:
     recorded = yaml.safe_load(path.read_text()) or {}
     same_job = all(recorded.get(k) == me[k] for k in ("slurm_job_id", "slurm_cluster"))
     return me if same_job and int(recorded.get("restart_count") or 0) < me["restart_count"] else None
-
-
-def used(run_dir: Path) -> bool:
-    """Whether `run_dir` already holds a run (its config.yaml alone does not count)."""
-    return (run_dir / "metrics.csv").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
 
 
 class RunFolderBusy(RuntimeError):
@@ -131,9 +127,9 @@ class RunFolder(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, module) -> None:
         if not trainer.is_global_zero:
             return
-        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+        for folder in (self.run_dir, self.run_dir / CHECKPOINTS):
             remove_temps_in(folder)  # left by a process killed while writing
-        config = self.run_dir / "config.yaml"
+        config = self.run_dir / CONFIG_FILE
         if self.resume is None or not config.is_file():  # a resume keeps what the steps so far trained on
             write_text(config, yaml.safe_dump(self.config, sort_keys=False))
         job = scheduler_job()
@@ -142,7 +138,7 @@ class RunFolder(L.Callback):
         else:
             (self.run_dir / JOB_FILE).unlink(missing_ok=True)  # continued outside SLURM: no job of the past takes it over
         if self.resume and self.resume["changed"]:
-            log = self.run_dir / "resumes.yaml"
+            log = self.run_dir / RESUMES_FILE
             entries = yaml.safe_load(log.read_text()) or [] if log.is_file() else []
             changed = {k: {"was": a, "now": b} for k, (a, b) in self.resume["changed"].items()}
             entries.append({k: v for k, v in self.resume.items() if k != "changed"} | {"changed": changed})
@@ -151,5 +147,5 @@ class RunFolder(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
-            rank_zero_info(f"interrupted; {self.run_dir / 'checkpoints' / 'last.ckpt'} holds the last checkpoint: run the "
+            rank_zero_info(f"interrupted; {last_checkpoint(self.run_dir)} holds the last checkpoint: run the "
                            "same command with resume=auto to continue")

@@ -3,7 +3,7 @@ exist, a launcher setting the trainer refuses): its one-line reason in `<job fol
 
 train.py writes it and returns instead of exiting, so the sweep goes on to its other jobs under
 every launcher (a `sys.exit` inside a submitit job bypasses submitit's result file: the sweep waits
-for a result that never comes). The sweep's table reads it back (sweep_summary), and the tools that
+for a result that never comes). The sweep's table reads it back (run_layout.failure_reason), and the tools that
 read run folders skip a folder that holds it and no run of its own. A single run stops with the
 line instead and leaves no folder (train.py's remove_failed_start).
 """
@@ -14,20 +14,14 @@ import shutil
 from pathlib import Path
 
 from trashseg.atomic import write_text
+from trashseg.run_layout import FAILED_FILE
 
-FAILED_FILE = "failed.txt"
 HYDRA_FILES = frozenset({".hydra", "train.log"})  # what Hydra writes into a job folder before train() runs
 
 
 def record_failure(job_dir: Path, reason: str) -> None:
     job_dir.mkdir(parents=True, exist_ok=True)
     write_text(job_dir / FAILED_FILE, reason + "\n")
-
-
-def failure_reason(folder: Path) -> str | None:
-    """The one-line reason the job in `folder` failed; None when it records no failure."""
-    path = folder / FAILED_FILE
-    return (path.read_text(encoding="utf-8").strip() or "failed") if path.is_file() else None
 
 
 def clear_failure(job_dir: Path) -> None:

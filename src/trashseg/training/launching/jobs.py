@@ -340,9 +340,11 @@ def gpu_counts() -> tuple[list[str], int]:
     return [str(k) for k in range(visible)], physical
 
 
-def prepare_job(cfg) -> None:
-    """Check this Hydra job against its launcher and give it its processes and GPUs (cfg.trainer in place)."""
-    from omegaconf import OmegaConf, open_dict
+def prepare_job(cfg) -> dict:
+    """Check this Hydra job against its launcher and give it its processes and GPUs: the trainer keys
+    the run config takes from the launcher (`{"devices": ...}`, or none), applied when train()
+    resolves it (training.run_config)."""
+    from omegaconf import OmegaConf
 
     job = current_job()
     if job.cluster == "local":
@@ -354,6 +356,4 @@ def prepare_job(cfg) -> None:
         adopt_submitit_ranks(job)
     sweeper = OmegaConf.to_container(HydraConfig.get().sweeper)
     placed = place_job(trainer, job, job_gpus, sweep_allotment(physical), sweeper)
-    if placed != trainer:
-        with open_dict(cfg):
-            cfg.trainer.devices = placed["devices"]
+    return {"devices": placed["devices"]} if placed != trainer else {}

@@ -1,4 +1,6 @@
-"""Optimizer by name from torch.optim and schedulers that scale each group's own lr.
+"""Learning-rate schedulers that scale each group's own lr, with the checks that a schedule fits
+the run: it can be sized (check_sizable), its warm-up and milestones lie inside the run
+(horizon_problem), and trainer.max_time will not cut it short (ScheduleHorizon).
 
 Every schedule is one multiplier of the step (LambdaLR), applied to each group's initial lr,
 so the ratios between groups stay fixed; an optional linear warm-up precedes it.
@@ -7,28 +9,13 @@ so the ratios between groups stay fixed; an optional linear warm-up precedes it.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 
+import lightning as L
 import torch
-from torch import nn
-
-from .param_groups import build_param_groups
-
-
-def build_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
-    cfg = dict(cfg)
-    name = cfg.pop("name")
-    cls = getattr(torch.optim, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ValueError(f"unknown optimizer {name!r}; use a torch.optim class name such as SGD, Adam, AdamW")
-    groups = build_param_groups(
-        model, cfg.pop("lr"), cfg.pop("weight_decay", 0.0), cfg.pop("groups", None) or [],
-        cfg.pop("no_decay_norm_bias", False), cfg.pop("strict", False), cfg.pop("layer_decay", None),
-    )
-    extra = cfg.pop("params", None) or {}
-    if cfg:
-        raise ValueError(f"unknown optimizer keys {sorted(cfg)}; put {name}'s own arguments under optimizer.params")
-    return cls(groups, **extra)
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 # Schedules that run to an end: they must know the run's length in optimizer steps.
@@ -112,3 +99,48 @@ def horizon_problem(cfg: Mapping, total_steps: float, steps_per_epoch: float, wo
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping, total_steps: float, steps_per_epoch: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier(cfg, total_steps, steps_per_epoch))
+
+
+class ScheduleHorizon(L.Callback):
+    """One line when trainer.max_time will stop the run before its lr schedule ends. A poly or cosine
+    schedule is sized from max_epochs/max_steps; a max_time stop leaves it far from its end (the lr
+    still high) unless the user hears about it. After the first epoch of this process the speed is
+    known, so the step max_time will stop at can be predicted."""
+
+    def __init__(self, scheduler_name: str):
+        self.name = scheduler_name
+        self.start: tuple[float, int] | None = None
+        self.warned = False
+
+    @staticmethod
+    def _timer(trainer: L.Trainer) -> Timer | None:
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        return timer if timer is not None and timer.time_remaining() is not None else None
+
+    def _total(self, module) -> float | None:
+        total = getattr(module, "schedule_steps", None)
+        return total if self.name in SIZED and total is not None and total != float("inf") else None
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        self.start = (time.monotonic(), trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        timer, total = self._timer(trainer), self._total(module)
+        if self.warned or timer is None or total is None or self.start is None:
+            return
+        seconds, steps = time.monotonic() - self.start[0], trainer.global_step - self.start[1]
+        if seconds <= 0 or steps <= 0:
+            return
+        reachable = int(trainer.global_step + steps / seconds * max(timer.time_remaining(), 0.0))
+        if reachable < total:
+            self.warned = True
+            rank_zero_warn(
+                f"trainer.max_time will stop this run at about step {reachable} of the {int(total)} that the {self.name} "
+                "lr schedule is sized for (from trainer.max_epochs / max_steps), so the lr will not reach its end; set "
+                "trainer.max_epochs or trainer.max_steps to what fits in the time, or use scheduler=constant")
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        timer, total = self._timer(trainer), self._total(module)
+        if timer is not None and total is not None and trainer.global_step < total and timer.time_remaining() <= 0:
+            rank_zero_info(f"trainer.max_time stopped the run at step {trainer.global_step} of the {int(total)} the "
+                           f"{self.name} lr schedule was sized for")

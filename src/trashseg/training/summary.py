@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+from trashseg.run_layout import best_checkpoint, best_validation, last_checkpoint
 
 
 def shown(path: Path) -> str:
@@ -18,30 +18,14 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def best_validation(run_dir: Path) -> tuple[float, int] | None:
-    """(best val/mIoU, its epoch) from the run's metrics.csv; None before any validation."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return None
-    table = pd.read_csv(path)
-    if "val/mIoU" not in table:
-        return None
-    val = table.dropna(subset=["val/mIoU"])
-    if val.empty:
-        return None
-    row = val.loc[val["val/mIoU"].idxmax()]
-    return float(row["val/mIoU"]), int(row["epoch"])
-
-
 def run_summary(run_dir: Path) -> list[str]:
-    checkpoints = run_dir / "checkpoints"
     lines = [f"run folder: {shown(run_dir)}"]
-    best, found = checkpoints / "best.ckpt", best_validation(run_dir)
+    best, found = best_checkpoint(run_dir), best_validation(run_dir)
     if best.is_file():
         score = f"best val/mIoU {found[0]:.4f} at epoch {found[1]}" if found else "best checkpoint"
         lines += [f"{score}: {shown(best)}", f"score it: python inference.py --checkpoint {shown(best)} --split val"]
-    elif (checkpoints / "last.ckpt").is_file():
-        last = shown(checkpoints / "last.ckpt")
+    elif last_checkpoint(run_dir).is_file():
+        last = shown(last_checkpoint(run_dir))
         lines.append(f"warning: the run stopped (trainer.max_steps or trainer.max_time) before its first validation: "
                      f"{last} holds it, but there is no best.ckpt and no metrics.csv; continue it with the same command "
                      f"plus resume={last} and a later stop, or validate sooner (trainer.val_check_interval)")

@@ -1,41 +1,76 @@
-"""What a sweep (`python train.py -m ...`) prints when its last job ends: its folder and a table
-of its jobs (what each varied, best val mIoU, epoch, folder), then the command for the best one.
+"""What a sweep (`python train.py -m ...`) shows: W&B names for its runs while they train, and the
+summary its launching process prints when its last job ends.
 
-A Hydra callback (registered in configs/train.yaml under hydra.callbacks), so it runs in the
-process that launched the sweep under every launcher and sweeper (basic, submitit, Optuna); it
-reads the job folders from disk, as the run summary does, so a failed job shows as one, with the
-reason it recorded (job_failure). A sweep with failed jobs ends with their reasons, one
-`error: ...` line each, and exits 2. What the sweep leaves that no tool reads goes: submitit's
-`%j` placeholder folder, and the whole sweep folder when no job started (what was in it before
-the sweep stays).
+Names: one W&B group per sweep, each run named by what the sweep varies. W&B's compare view lists
+runs by name; named after their folders (`0`, `1`, ...) a fold sweep reads as numbers. Here a job
+of `-m data.fold=0,1,2` is `data.fold=2` in the group of its sweep folder, an Optuna trial is named
+by the values it sampled.
+
+Summary: its folder and a table of its jobs (what each varied, best val mIoU, epoch, folder), then
+the command for the best one. A Hydra callback (registered in configs/train.yaml under
+hydra.callbacks), so it runs in the process that launched the sweep under every launcher and
+sweeper (basic, submitit, Optuna); it reads the job folders from disk (trashseg.run_layout), as the
+run summary does, so a failed job shows as one, with the reason it recorded (job_failure). A sweep
+with failed jobs ends with their reasons, one `error: ...` line each, and exits 2. What the sweep
+leaves that no tool reads goes: submitit's `%j` placeholder folder, and the whole sweep folder when
+no job started (what was in it before the sweep stays).
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .job_failure import FAILED_FILE, failure_reason, never_started, remove_empty_parents
-from .run_summary import best_validation, shown
-from .sweep_names import job_name, swept_keys
+from trashseg.run_layout import best_checkpoint, best_validation, failure_reason, last_checkpoint, sweep_jobs
+
+from ..summary import shown
+from .job_failure import never_started, remove_empty_parents
 
 
-def _job_order(job: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", job.name)]
+def swept_keys(sweeper_params: dict | None, sweep_overrides: list[str]) -> list[str]:
+    """Keys the sweep varies: the sweeper's `params` (Optuna's search space) and the command line's
+    sweep overrides (`data.fold=0,1,2`, `optimizer.lr=range(...)`)."""
+    keys = list(sweeper_params or {})
+    try:
+        parsed = OverridesParser.create().parse_overrides(sweep_overrides)
+    except HydraException:
+        parsed = []
+    keys += [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    return list(dict.fromkeys(k.lstrip("+~") for k in keys))
 
 
-def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep (each holds Hydra's .hydra/overrides.yaml, or a failure record), in job order."""
-    if not sweep_dir.is_dir():
-        return []
-    jobs = (p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file() or (p / FAILED_FILE).is_file())
-    return sorted(jobs, key=_job_order)
+def job_name(keys: list[str], job_overrides: list[str]) -> str | None:
+    """`key=value` of this job for each swept key, in the sweep's order."""
+    values = {}
+    for item in job_overrides:
+        key, _, value = item.partition("=")
+        values[key.lstrip("+~")] = value
+    parts = [f"{k}={values[k]}" for k in keys if k in values]
+    return " ".join(parts) or None
+
+
+def sweep_identity() -> tuple[str | None, str | None]:
+    """(group, name) for this process's W&B run; (None, None) outside a Hydra sweep."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None, None
+    sweep_dir = Path(str(hc.sweep.dir))
+    master = sweep_dir / "multirun.yaml"  # written by the basic sweeper: the command line as typed
+    typed = list(OmegaConf.load(master).hydra.overrides.task) if master.is_file() else []
+    params = OmegaConf.to_container(hc.sweeper.params) if hc.sweeper.get("params") else None
+    name = job_name(swept_keys(params, typed), list(hc.overrides.task))
+    return str(sweep_dir), name or str(hc.job.num)
 
 
 def _overrides(job: Path) -> list[str]:
@@ -49,7 +84,7 @@ def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | Non
     best: tuple[float, Path] | None = None
     for job in sweep_jobs(sweep_dir):
         found = best_validation(job)
-        ckpt = job / "checkpoints" / "best.ckpt"
+        ckpt = best_checkpoint(job)
         if reason := failure_reason(job):
             score, epoch = f"failed: {reason}".replace("|", "\\|"), "-"
         elif found and ckpt.is_file():
@@ -57,7 +92,7 @@ def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | Non
             if best is None or found[0] > best[0]:
                 best = (found[0], ckpt)
         else:
-            score, epoch = ("no validation" if (job / "checkpoints" / "last.ckpt").is_file() else "failed"), "-"
+            score, epoch = ("no validation" if last_checkpoint(job).is_file() else "failed"), "-"
         rows.append(f"| {job.name} | {job_name(keys, _overrides(job)) or '-'} | {score} | {epoch} | {shown(job)} |")
     return rows, best[1] if best else None
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from trashseg.atomic import write_text
-from trashseg.cli import run_or_report
+from trashseg.errors import run_or_report
 from trashseg.metric import SegmentationMetric, foreground_iou
 from trashseg.submission import SubmissionWriter, to_submission_size
 

@@ -9,7 +9,7 @@ resumed run continues the same average. On top of Lightning:
 - the average lives on the training device unless `device` says otherwise (Lightning makes it
   in `setup`, before the model is moved, so on the CPU);
 - EMA leaves out a step that GradScaler skipped (16-mixed): the model then is the previous
-  step's over again (weights kept, buffers put back: training.nonfinite), which would count twice;
+  step's over again (weights kept, buffers put back: training.callbacks.nonfinite), which would count twice;
 - SWA averages the weights at the end of each epoch from `swa_epoch_start` on, and then
   recomputes the BatchNorm statistics for the averaged weights with a pass over training batches
   (`torch.optim.swa_utils.update_bn`): averaged weights need statistics of their own.

@@ -1,21 +1,26 @@
-"""Check command-line overrides before Hydra applies them.
+"""Unknown config keys are refused before any work starts, naming the key and the closest valid ones.
 
-Hydra refuses `optimizer.lrr=1e-3` with a multi-line "Key 'lrr' is not in struct" and no hint.
-This composes the config that the group choices on the command line select (every combination
-of a group sweep) and names the unknown key with the closest existing ones. Additions (`+key`,
-`++key`), deletions (`~key`) and `hydra.*` keys are left to Hydra; so is anything this cannot
-compose (a missing experiment, a syntax error): Hydra's own message covers those, as it does for
-its own groups and keys (`hydra/launcher=submitit_local`, `hydra.sweeper.n_trials=3`). An addition
-of a key the config already has (`+trainer.max_time=...` since the trainer configs name it) is one
-line saying to drop the `+`, instead of Hydra's "Could not append to config".
+Two checks. `check_overrides` runs on the command line before Hydra applies it: Hydra refuses
+`optimizer.lrr=1e-3` with a multi-line "Key 'lrr' is not in struct" and no hint. It composes the
+config that the group choices on the command line select (every combination of a group sweep) and
+names the unknown key with the closest existing ones. Additions (`+key`, `++key`), deletions
+(`~key`) and `hydra.*` keys are left to Hydra; so is anything this cannot compose (a missing
+experiment, a syntax error): Hydra's own message covers those, as it does for its own groups and
+keys (`hydra/launcher=submitit_local`, `hydra.sweeper.n_trials=3`). An addition of a key the config
+already has (`+trainer.max_time=...` since the trainer configs name it) is one line saying to drop
+the `+`, instead of Hydra's "Could not append to config".
+
+`check_config` runs on the composed config: it also catches typos inside experiment files and
+`+key=value` additions, against what each part actually accepts.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -108,3 +113,60 @@ def _has(cfg: DictConfig, dotted: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+TOP_LEVEL = {"data", "augment", "model", "optimizer", "scheduler", "loss", "trainer", "logger", "experiment_name",
+             "seed", "resume", "runs_dir", "paths", "averaging", "distill",
+             "freeze_encoder_steps", "threads", "channels_last", "nonfinite_losses_in_a_row"}
+OPTIMIZER = {"name", "lr", "weight_decay", "groups", "no_decay_norm_bias", "strict", "params", "layer_decay"}
+SCHEDULER = {"name", "warmup_steps", "warmup_epochs", "power", "min_lr_ratio", "cycles", "gamma", "step_size_epochs",
+             "milestones_epochs"}
+LOSS = {"terms", "aux_weight"}
+LOGGER = {"csv", "wandb"}
+WANDB = {"enabled", "offline", "project", "entity", "group", "tags", "name", "overlays"}
+
+
+class ConfigError(ValueError):
+    """A config key that nothing reads."""
+
+
+def _arguments(fn, skip=("self", "num_classes", "augment")) -> set[str]:
+    return {p for p in inspect.signature(fn).parameters if p not in skip}
+
+
+def _check(section: Mapping, allowed: set[str], where: str) -> None:
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(unknown_key_message(key, allowed, where))
+
+
+def check_config(cfg: Mapping) -> None:
+    # The parts that own the keys, imported here: train.py runs check_overrides before Hydra sets up
+    # logging, and Lightning imported before that keeps a console of its own (a second copy of its lines).
+    import lightning as L
+
+    from trashseg.data.datamodule import AUGMENT_KEYS, TrashDataModule
+    from trashseg.memory_format import wants_channels_last
+    from trashseg.models.registry import MODELS
+
+    from .callbacks.averaging import BUILDERS as AVERAGING
+
+    _check(cfg, TOP_LEVEL, "")
+    wants_channels_last(cfg.get("channels_last"), "cpu")  # a bad value: one line here, not once the Trainer runs
+    _check(cfg["data"], _arguments(TrashDataModule.__init__), "data.")
+    _check(cfg["augment"], set(AUGMENT_KEYS), "augment.")  # one list: the data module checks the same keys
+    model = cfg["model"]
+    if model.get("name") not in MODELS:
+        raise ConfigError(f"unknown model '{model.get('name')}'; known: {', '.join(sorted(MODELS))}")
+    _check(model, _arguments(MODELS[model["name"]]) | {"name"}, "model.")
+    _check(cfg["optimizer"], OPTIMIZER, "optimizer.")
+    _check(cfg["scheduler"], SCHEDULER, "scheduler.")
+    _check(cfg["loss"], LOSS, "loss.")
+    _check(cfg["trainer"], _arguments(L.Trainer.__init__) - {"logger", "callbacks", "plugins", "default_root_dir"}, "trainer.")
+    _check(cfg["logger"], LOGGER, "logger.")
+    _check(cfg["logger"]["wandb"], WANDB, "logger.wandb.")
+    averaging = cfg.get("averaging")
+    if averaging:
+        if averaging.get("name") not in AVERAGING:
+            raise ConfigError(f"unknown averaging '{averaging.get('name')}'; known: {', '.join(sorted(AVERAGING))}")
+        _check(averaging, _arguments(AVERAGING[averaging["name"]]) | {"name"}, "averaging.")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from .launch import devices_per_node
+from .jobs import devices_per_node
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from trashseg.atomic import atomic_write
+from trashseg.run_layout import METRICS_FILE
 
-FILE_NAME = "metrics.csv"
+FILE_NAME = METRICS_FILE
 
 
 class MetricsHistory(Logger, L.Callback):

@@ -7,10 +7,10 @@
   folder: `hydra.run.dir=<new> resume=auto` once continued the newest run in its own folder.
 - `resume=auto` without one: the newest run of the experiment under `runs_dir` on the same data
   (`data.root`) whose config this command continues (every difference is a key a resume applies,
-  see resume_check); none: one line naming the candidates and how each differs. The newest run
+  see resuming.changes); none: one line naming the candidates and how each differs. The newest run
   alone was once taken, and a distillation run was resumed for a command that never named it.
 - no `resume`: a new run, unless this process is the SLURM job that trains a run, restarted by its
-  scheduler (run_folder.restarted_job): then that run, from its own folder (or, when Hydra made
+  scheduler (callbacks.run_folder.restarted_job): then that run, from its own folder (or, when Hydra made
   this restart a new time-stamped folder, the newest run of this job that the command continues).
 
 A candidate's config is its config.yaml (what it started with) with the changes of its
@@ -28,13 +28,13 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from trashseg.data.fold_record import RECORD_KEY
 from trashseg.models.registry import DROPPED
+from trashseg.run_layout import CONFIG_FILE, LAST, RESUMES_FILE, read_config, used
 
-from .resume_check import listed_changes, other_run_changes
-from .run_folder import restarted_job, scheduler_job, used
-from .run_summary import shown
+from ..callbacks.run_folder import restarted_job, scheduler_job
+from ..summary import shown
+from .changes import listed_changes, other_run_changes
 
 SHOWN_CANDIDATES = 3
-LAST = Path("checkpoints") / "last.ckpt"
 
 
 def named_run_folder() -> bool:
@@ -58,11 +58,10 @@ def _set(cfg: dict, dotted: str, value) -> None:
 
 def current_config(run: Path) -> dict | None:
     """The run's config.yaml with its resumes.yaml changes applied in order; None without config.yaml."""
-    path = run / "config.yaml"
-    if not path.is_file():
+    if not (run / CONFIG_FILE).is_file():
         return None
-    cfg = yaml.safe_load(path.read_text()) or {}
-    resumes = run / "resumes.yaml"
+    cfg = read_config(run)
+    resumes = run / RESUMES_FILE
     for entry in (yaml.safe_load(resumes.read_text()) or [] if resumes.is_file() else []):
         for key, change in (entry.get("changed") or {}).items():
             _set(cfg, key, change["now"])

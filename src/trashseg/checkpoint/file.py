@@ -1,6 +1,6 @@
-"""Opening a checkpoint file: tensors and plain containers only (`weights_only`, so a file from
-elsewhere can never run code), and one line naming the file, the cause and the fix for a file
-that is truncated, not a checkpoint, or holds pickled objects."""
+"""Opening a checkpoint file (checkpoint.lightning_io writes them): tensors and plain containers
+only (`weights_only`, so a file from elsewhere can never run code), and one line naming the file,
+the cause and the fix for a file that is truncated, not a checkpoint, or holds pickled objects."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from pathlib import Path
 
 import torch
 
-FIX = "copy it again, or use another checkpoint (a run folder has checkpoints/last.ckpt and best.ckpt)"
+from trashseg.run_layout import BEST, LAST
+
+FIX = f"copy it again, or use another checkpoint (a run folder has {LAST} and {BEST})"
 
 
 class CheckpointFileError(ValueError):
     """A checkpoint file that cannot be loaded safely."""
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     detail = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(err).__name__)
     return detail.rstrip(".")
@@ -35,11 +37,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointFileError(
-            f"{path} holds pickled Python objects that a weights-only load refuses ({_first_line(err)}); load only "
+            f"{path} holds pickled Python objects that a weights-only load refuses ({first_line(err)}); load only "
             "checkpoints written by trashseg, or re-save the tensors of one you trust with torch.save(state_dict)"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError) as err:
-        raise CheckpointFileError(f"{path} is damaged ({_first_line(err)}); {FIX}") from None
+        raise CheckpointFileError(f"{path} is damaged ({first_line(err)}); {FIX}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointFileError(f"{path} is not a Lightning training checkpoint (no state_dict); {FIX}")
     return ckpt
@@ -52,20 +54,3 @@ def run_config(ckpt: dict, path: str | Path) -> dict:
         raise CheckpointFileError(f"{path} is not a trashseg training checkpoint (no hyper_parameters.cfg with model "
                                   "and data); use a checkpoint that train.py wrote")
     return cfg
-
-
-def load_network(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """(the checkpoint's network rebuilt from its own run config with the file's weights, in eval
-    mode; that config). One line for a missing, damaged or foreign file, or weights that do not fit."""
-    from trashseg.models import build_model  # models import nothing of ours: no cycle
-
-    ckpt = read_checkpoint(path)
-    cfg = run_config(ckpt, path)
-    model = build_model({**cfg["model"], "pretrained": None}, len(cfg["data"]["classes"]))  # weights: the file's
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointFileError(f"{path}: its weights do not fit the model its config describes "
-                                  f"({_first_line(err)}); the file was altered or written by other code") from None
-    return model.eval(), cfg
