@@ -5,7 +5,9 @@ The trip is read with a profiler hook: every call of a trashseg function (or tra
 the run config, or one of its top-level sections, as an argument is a visit. Consecutive visits to
 one module are one stay; the modules visited are the rooms; a climb back up is a call from a module
 into one earlier in the data flow (config -> data -> models -> training -> checkpoint -> inference,
-`LAYERS` below); a return to run.py is a stay in training's run module after a stay elsewhere.
+`LAYERS` below; the shared foundations at the package top, errors, atomic writes, precision, the run
+folder's layout, are no stage, so calls into them climb nowhere); a return to run.py is a stay in
+training's run module after a stay elsewhere.
 
     python benchmarks/bench_house.py                 # this checkout's src/
     PYTHONPATH=/tmp/old/src python benchmarks/bench_house.py --src /tmp/old/src   # another tree, for before/after
@@ -21,15 +23,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Earlier layers first: a call from a later layer into an earlier one climbs back up the data flow.
-LAYERS = ["trashseg.errors", "trashseg.cli", "trashseg.config", "trashseg.data", "trashseg.models", "trashseg.training",
-          "trashseg.checkpoint", "trashseg.inference", "trashseg.tools"]
+# Earlier stages first: a call from a later stage into an earlier one climbs back up the data flow.
+# trashseg.checkpoint_file and trashseg.checkpoint (older and newer trees) are the checkpoint stage.
+LAYERS = ["trashseg.data", "trashseg.models", "trashseg.training", "trashseg.checkpoint", "trashseg.inference",
+          "trashseg.tools"]
 
 
-def layer(module: str) -> int:
+def layer(module: str) -> int | None:
+    """The module's stage, or None for a foundation (a top-level helper module every stage may use)."""
     matches = [i for i, prefix in enumerate(LAYERS) if module == prefix or module.startswith(prefix + ".")
                or module.startswith(prefix + "_")]
-    return matches[-1] if matches else 0  # top-level helpers (trashseg.atomic, ...) count as the first layer
+    return matches[-1] if matches else None
 
 
 def folder_table(src: Path) -> list[str]:
@@ -98,7 +102,8 @@ def config_trip(data_root: Path, work: Path) -> list[str]:
 
 def trip_lines(visits: list[str]) -> list[str]:
     stays = [m for i, m in enumerate(visits) if i == 0 or visits[i - 1] != m]
-    climbs = sum(1 for a, b in zip(stays, stays[1:]) if layer(b) < layer(a))
+    staged = [m for m in stays if layer(m) is not None]
+    climbs = sum(1 for a, b in zip(staged, staged[1:]) if layer(b) < layer(a))
     run_returns = max(sum(1 for m in stays if m.endswith("training.run")) - 1, 0)
     rooms = Counter(stays)
     return [f"config trip through train(): {len(stays)} stays in {len(rooms)} rooms, {climbs} climbs back up, "

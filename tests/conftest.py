@@ -23,6 +23,16 @@ def _isolated_caches(tmp_path_factory):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """With two pytest workers on two cores, two torch threads each make tiny training steps many
+    times slower; modules that train in-process ask for one (pytest.mark.usefixtures)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from unittest import mock
@@ -24,15 +22,12 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import open_dict
 
-from trashseg.training.launching.jobs import DISTRIBUTED_VARIABLES, SWEEP_GPUS, Job, LaunchError, check_job, place_job, \
+from small_runs import TINY, explain, run_train
+from trashseg.training.launching.jobs import DISTRIBUTED_VARIABLES, SWEEP_GPUS, Job, LaunchError, check_job, \
     prepare_job, trainer_processes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-TINY = ["experiment=quickstart", "data.num_workers=0", "data.batch_size=4", "data.val_batch_size=4", "logger=csv",
-        "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.num_sanity_val_steps=0", "+trainer.enable_model_summary=false",
-        "model.decoder.decoder_channels=[32,16,16,8,8]"]
 
 
 @pytest.fixture(autouse=True)
@@ -230,17 +225,6 @@ def test_a_stale_rank_in_the_shell_of_a_plain_run_is_one_line(monkeypatch):
 
 
 # ---------------------------------------------------------------- end to end on CPU
-
-def run_train(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in (*DISTRIBUTED_VARIABLES, SWEEP_GPUS)}
-    environ.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=timeout)  # the timeout guards against a hang
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
-
 
 @pytest.mark.slow
 def test_a_sweep_of_strategy_auto_on_two_cpu_processes_is_refused_under_the_basic_launcher(synthetic_root, tmp_path):

@@ -4,10 +4,7 @@ composes with both, and W&B names a sweep's runs by what the sweep varies."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from trashseg.data.kfold import make_folds
+from small_runs import TINY, explain, run_train, with_folds
 from trashseg.inference.oof import main as oof
 from trashseg.tools.compare import main as compare
 from trashseg.training.launching.jobs import Job, LaunchError, check_job, gpu_slot, place_job
@@ -27,30 +24,11 @@ from trashseg.training.launching.sweeps import job_name, sweep_identity, swept_k
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-TINY = ["experiment=quickstart", "data.num_workers=0", "data.batch_size=4", "data.val_batch_size=4", "logger=csv",
-        "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.num_sanity_val_steps=0", "+trainer.enable_model_summary=false",
-        "model.decoder.decoder_channels=[32,16,16,8,8]"]
-
-
-def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
 def pool(synthetic_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pool") / "data"
-    import shutil
-
-    shutil.copytree(synthetic_root, root)
-    make_folds(root, "train_all.json", 3, root / "folds", seed=0)
-    return root
+    return with_folds(synthetic_root, tmp_path_factory, 3)
 
 
 def log_span(log: Path) -> tuple[datetime, datetime]:

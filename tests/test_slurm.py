@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_launchers import TINY, explain
-from trashseg.data.kfold import make_folds
+from small_runs import TINY, explain, with_folds
 from trashseg.inference.oof import main as oof
 from trashseg.training.launching import threads as threads_module
 from trashseg.training.launching.threads import plan_threads
@@ -80,10 +78,7 @@ def sacct_states(cluster, job: str, timeout: float = 60) -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_folds(synthetic_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("two_folds") / "data"
-    shutil.copytree(synthetic_root, root)
-    make_folds(root, "train_all.json", 2, root / "folds", seed=0)
-    return root
+    return with_folds(synthetic_root, tmp_path_factory, 2)
 
 
 # ---------------------------------------------------------------- sweeps on the cluster

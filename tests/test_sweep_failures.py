@@ -7,11 +7,8 @@ placeholder folder goes, and W&B groups a sweep's runs by the sweep."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from trashseg.data.kfold import make_folds
+import small_runs
+from small_runs import TINY as SMALL_SWEEP, explain, with_folds
 from trashseg.inference.options import sweep_runs
 from trashseg.tools import compare
 from trashseg.training.callbacks.loggers import build_loggers
@@ -30,22 +28,13 @@ from trashseg.training.launching.sweeps import SweepSummary
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-TINY = ["experiment=quickstart", "data.num_workers=0", "data.batch_size=4", "data.val_batch_size=4",
-        "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.num_sanity_val_steps=0", "+trainer.enable_model_summary=false",
-        "model.decoder.decoder_channels=[32,16,16,8,8]"]
+TINY = [o for o in SMALL_SWEEP if o != "logger=csv"]  # the W&B test keeps the default loggers
 MISSING_FOLD = "fold 7: "  # how the data module's refusal of a fold without fold files starts
 HANG_GUARD = 300  # a sweep that waits for a job that will never report is killed here, and fails
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=HANG_GUARD)
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    return small_runs.run_train(*args, timeout=HANG_GUARD)
 
 
 def last_line(text: str) -> str:
@@ -61,10 +50,7 @@ def score_cell(stdout: str, job: str) -> str:
 @pytest.fixture(scope="module")
 def pool(synthetic_root, tmp_path_factory) -> Path:
     """The synthetic data with 3 fold files: fold 7 does not exist, a user error caught in train()."""
-    root = tmp_path_factory.mktemp("pool") / "data"
-    shutil.copytree(synthetic_root, root)
-    make_folds(root, "train_all.json", 3, root / "folds", seed=0)
-    return root
+    return with_folds(synthetic_root, tmp_path_factory, 3)
 
 
 def wandb_records(run_file: Path):

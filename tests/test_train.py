@@ -21,13 +21,7 @@ from trashseg.data.datamodule import TrashDataModule
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """With two pytest workers on two cores, two torch threads each make these tiny steps many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(synthetic_root, tmp_path, *overrides):
