@@ -59,7 +59,10 @@ def slurm_cluster():
         if os.environ.get("CI") == "true":  # CI installs SLURM (.ci/run): its absence there is a failure
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    cluster = SlurmCluster().start()
+    try:
+        cluster = SlurmCluster().start()
+    except RuntimeError:  # a daemon that did not come up (a free port taken before it bound it): once more, fresh
+        cluster = SlurmCluster().start()
     yield cluster
     cluster.stop()
 
