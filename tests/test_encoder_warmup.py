@@ -8,8 +8,9 @@ import torch
 from trashseg.training import run as run_module
 from trashseg.training.optimization.encoder_warmup import FrozenEncoderWarmup, encoder_of
 from trashseg.training.module import SegmentationModule
-from test_train import _one_thread, config, straight_and_resumed  # noqa: F401 (the autouse fixture applies here too)
+from test_train import config, straight_and_resumed
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = ["model.encoder_depth=3", "model.decoder.decoder_channels=[16,8,8]", "trainer.deterministic=true"]
 
 
