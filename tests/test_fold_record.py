@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trashseg.data.fold_record import FoldFileChanged, record_folds, verify_fold_file
-from trashseg.training.run_config import add_fold_record
+from trashseg.data.fold_record import FoldFileChanged, record_folds, resumed_record, verify_fold_file
 
 
 def coco(*ids: int) -> str:
@@ -63,14 +62,11 @@ def test_a_run_without_a_record_gets_a_warning_and_a_plain_run_nothing(root):
 
 
 def test_a_resume_keeps_the_record_and_refuses_fold_files_changed_since_the_start(root):
-    started = {**fold_cfg(root), "fold_record": record_folds(fold_cfg(root)["data"])}
-    plain = fold_cfg(root)
-    add_fold_record(plain, started, Path("last.ckpt"))
-    assert plain["fold_record"] == started["fold_record"]
+    started = record_folds(fold_cfg(root)["data"])
+    assert resumed_record(record_folds(fold_cfg(root)["data"]), started, root, Path("last.ckpt")) is started
     (root / "folds" / "fold0_train.json").write_text(coco(1))
-    with pytest.raises(ValueError, match=r"resuming last.ckpt: .*fold0_train.json changed since the run started \(2 images "
-                                         r"then, 1 now\); restore the fold files"):
-        add_fold_record(fold_cfg(root), started, Path("last.ckpt"))
-    before = fold_cfg(root)  # a run started before records stays without one (its resume check sees no change)
-    add_fold_record(before, fold_cfg(root), Path("last.ckpt"))
-    assert "fold_record" not in before
+    with pytest.raises(FoldFileChanged, match=r"resuming last.ckpt: .*fold0_train.json changed since the run started "
+                                              r"\(2 images then, 1 now\); restore the fold files"):
+        resumed_record(record_folds(fold_cfg(root)["data"]), started, root, Path("last.ckpt"))
+    # a run started before records stays without one (its resume check sees no change)
+    assert resumed_record(record_folds(fold_cfg(root)["data"]), None, root, Path("last.ckpt")) is None

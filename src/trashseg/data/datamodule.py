@@ -23,6 +23,7 @@ from .kfold import fold_annotations
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
 from .pseudo_marker import refuse_pseudo_labels_as_labels
 from .samplers import SAMPLERS, ClassBalancedSampler, SeededSampler, eval_batches  # noqa: F401  (SeededSampler: public here since before)
+from .synthetic import is_synthetic, synthetic_note
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -154,19 +155,28 @@ class TrashDataModule(L.LightningDataModule):
         return Path(self.synthetic.get("root") or self.root).resolve() == self.root.resolve()
 
     def check_annotation_files(self) -> None:
-        """The train and val files exist, or prepare_data is about to generate them: a trainer calls
-        this before it makes a run folder, so a wrong data.root stops in one line with nothing written."""
-        if self.generates_synthetic:
-            return
+        """The train and val files exist (or prepare_data is about to generate them) and hold
+        annotations: a trainer calls this before it makes a run folder, so a wrong data.root stops in
+        one line with nothing written, and a test split (or an emptied file) never trains as
+        all-background masks without a word."""
         for split in ("train", "val"):
             path = self.root / self.annotation_file(split)
             if not path.is_file():
+                if self.generates_synthetic:
+                    continue
                 where = "the folder does not exist" if not self.root.is_dir() else f"it holds no {path.name}"
                 hint = (f"; the synthetic dataset is generated only into {self.synthetic.get('root')} (or into "
                         "data.root with data=synthetic on the command line)") if self.synthetic else ""
                 raise FileNotFoundError(
                     f"annotation file not found: {path} (data.{split}_ann under data.root={self.root}: {where}); point "
                     f"data.root at the folder holding your dataset's {path.name} (docs/data.md#layout){hint}")
+            coco = read_coco(path)
+            if not coco.get("annotations"):
+                named = f"data.{split}_ann" if self.fold is None else f"fold {self.fold}'s {split} file"
+                raise ValueError(f"{path} ({named}) has no annotations, so every mask would be background; point "
+                                 f"{named} at an annotated file (test.json has none)")
+            if split == "train" and is_synthetic(coco):
+                rank_zero_info(synthetic_note(path))
 
     def _extra_source(self, i: int, source: Mapping) -> dict:
         """Checked now, before any run folder exists: known keys, and a file that holds labels."""

@@ -39,11 +39,38 @@ def file_record(root: str | Path, ann: str | Path) -> dict:
 
 
 def record_folds(data: dict) -> dict | None:
-    """The record of a fold run's train and val files (`data.fold` set), None for other runs."""
+    """The record of a fold run's train and val files (`data.fold` set), and of its extra training
+    sources (a pseudo-label round: the images it adds to the fold's); None for other runs."""
     if data.get("fold") is None:
         return None
     files = fold_annotations(data["root"], data.get("folds_dir", "folds"), data["fold"])
-    return {side: file_record(data["root"], ann) for side, ann in zip(SIDES, files)}
+    record = {side: file_record(data["root"], ann) for side, ann in zip(SIDES, files)}
+    extra = data.get("extra_train") or []
+    if extra:
+        record["extra_train"] = [file_record(source.get("root") or data["root"], source["ann"]) for source in extra]
+    return record
+
+
+def _recorded_files(record: dict) -> list[tuple[str, dict]]:
+    """(name, {file, sha256, images}) of each file in a record: train, val, extra_train[i]."""
+    files = [(side, record[side]) for side in SIDES if side in record]
+    return files + [(f"extra_train[{i}]", entry) for i, entry in enumerate(record.get("extra_train", []))]
+
+
+def resumed_record(now: dict | None, started: dict | None, root: str | Path, checkpoint: Path) -> dict | None:
+    """The record a resumed run keeps: the one it started with (`started`; a run started before
+    records stays unverified). Files whose content changed since (`now`, recorded today) are refused:
+    the rest of the run would train on other images than its first part."""
+    if started is None or now is None:
+        return started
+    current = dict(_recorded_files(now))
+    for name, entry in _recorded_files(started):
+        if name in current and entry["sha256"] != current[name]["sha256"]:
+            raise FoldFileChanged(
+                f"resuming {checkpoint}: {Path(root) / entry['file']} changed since the run started "
+                f"({entry['images']} images then, {current[name]['images']} now); restore the "
+                f"{'fold files' if name in SIDES else 'file'} it started on, or start a new run without resume=")
+    return started
 
 
 def verify_fold_file(cfg: dict, side: str, root: str | Path | None, run: str | Path) -> str | None:

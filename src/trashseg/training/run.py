@@ -35,7 +35,7 @@ from .callbacks.wandb_media import WandbMedia
 from .module import SegmentationModule
 from .optimization.encoder_warmup import FrozenEncoderWarmup
 from .optimization.schedules import ScheduleHorizon
-from .resuming.mid_epoch import ResumeMidEpoch, TrainingDataModule
+from .resuming.mid_epoch import ResumeMidEpoch
 from .run_config import resolve_run_config
 from .summary import finished_line, run_summary
 
@@ -69,7 +69,6 @@ def train(cfg: DictConfig, run_dir: Path, placement: Mapping | None = None) -> d
             found = best_validation(run.run_dir)
             return {"best/val/mIoU": found[0]} if found else {}  # the run's own value, for a sweeper
     run_dir = run.run_dir
-    datamodule = TrainingDataModule(**plain["data"], augment=plain["augment"])
     averaging = build_averaging(plain.get("averaging"), plain["trainer"].get("max_epochs"))
     warmup = FrozenEncoderWarmup(plain["freeze_encoder_steps"]) if plain.get("freeze_encoder_steps") else None
     with claimed(run_dir):
@@ -96,7 +95,7 @@ def train(cfg: DictConfig, run_dir: Path, placement: Mapping | None = None) -> d
             wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
             if wandb_loggers and trainer.is_global_zero:  # ranks are known once the Trainer exists
                 module.wandb_run_id = wandb_loggers[0].experiment.id
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.checkpoint) if run.checkpoint else None,
+            trainer.fit(module, datamodule=run.datamodule, ckpt_path=str(run.checkpoint) if run.checkpoint else None,
                         weights_only=True)
     if trainer.is_global_zero:
         for logger in wandb_loggers:
