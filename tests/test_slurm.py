@@ -2,13 +2,15 @@
 accounting, one cluster per pytest worker), run as a user runs them: `python train.py -m ...
 hydra/launcher=submitit_slurm`. A fold sweep that OOF scores, a 2-task gloo DDP job with one run
 folder, a job that fails on a setup error ending the sweep in its one line, a job that SLURM
-requeues mid-training continuing its own folder, and a task's torch threads equal to its
+requeues mid-training continuing its own folder, a job scancelled mid-training showing as a failed
+job whose line continues it, and a task's torch threads equal to its
 --cpus-per-task (with the rule itself unit-tested without SLURM)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -188,6 +190,50 @@ def test_a_job_requeued_mid_training_continues_its_own_folder_to_the_same_metric
     weights = [torch.load(s / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
                for s in (straight, requeued)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_scancelled_mid_training_is_a_failed_job_whose_line_continues_it(slurm_cluster, synthetic_root,
+                                                                             tmp_path):
+    sweep, runs = tmp_path / "killed", tmp_path / "runs"
+    # job 0: one epoch; job 1: REQUEUED's 40, scancelled at its first last.ckpt
+    args = [o for o in REQUEUED if not o.startswith("trainer.max_epochs=")]
+    process = start_train(slurm_cluster, "-m", *args, "trainer.max_epochs=1,40", f"data.root={synthetic_root}",
+                          *SLURM, f"runs_dir={runs}", f"hydra.sweep.dir={sweep}")
+    try:
+        last = sweep / "1" / "checkpoints" / "last.ckpt"
+        wait_for(last.exists, "job 1's first last.ckpt", 180, lambda: job_logs(sweep)[-3000:])
+        job = next(j for j in job_ids(sweep) if j.endswith("_1"))
+        slurm_cluster.command("scancel", job)
+        result = finish(process, sweep, slurm_cluster, timeout=180)
+    finally:
+        process.kill()
+
+    out = result.stdout
+    assert result.returncode == 2, explain(result) + job_logs(sweep)[-3000:]
+    assert "Traceback" not in out and "UncompletedJobError" not in out, explain(result)
+    assert sacct_states(slurm_cluster, job)[0].startswith("CANCELLED")
+    # the table: job 0 with its score, job 1 failed with how it ended; the sweep's last line says how to go on
+    assert re.search(r"^\| 0 \| trainer\.max_epochs=1 \| 0\.\d{4} \| 0 \|", out, re.M), explain(result)
+    killed_row = rf"^\| 1 \| trainer\.max_epochs=40 \| failed: job {job} ended CANCELLED \(sacct\) without finishing"
+    assert re.search(killed_row, out, re.M), explain(result)
+    last_line = [line for line in out.splitlines() if line.strip()][-1]
+    prefix = f"error: job {job} ended CANCELLED (sacct) without finishing: continue it with "
+    assert last_line.startswith(prefix), explain(result)
+    command = shlex.split(last_line.removeprefix(prefix))
+    assert command[:2] == ["python", "train.py"] and command[-2:] == ["resume=auto", f"hydra.run.dir={sweep / '1'}"]
+    assert (sweep / "1" / "failed.txt").read_text() == last_line.removeprefix("error: ") + "\n"
+    stopped_at = global_step(last)
+    assert stopped_at < STEPS
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    continued = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=180)
+    assert continued.returncode == 0, explain(continued)
+    assert global_step(last) == STEPS  # trained on from the killed job's last.ckpt to its end, in its folder
+    assert not (sweep / "1" / "failed.txt").exists() and not runs.exists()
+    assert run_folders(sweep) == ["0", "1"]
 
 
 # ---------------------------------------------------------------- a task's threads

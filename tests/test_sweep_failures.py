@@ -1,18 +1,25 @@
 """A sweep job that stops on a user error: it records its one-line reason in `<job>/failed.txt`,
 the sweep goes on to its other jobs under every launcher (basic, submitit_local, Optuna), its table
-shows the job as failed, the sweep's last line is `error: <reason>` and it exits 2. A sweep whose
+shows the job as failed, the sweep's last line is `error: <reason>` and it exits 2; so does a
+submitit_local job killed mid-training, whose reason is the command that continues it. A sweep whose
 every job was refused leaves nothing behind (what was in its folder before stays), submitit's `%j`
 placeholder folder goes, and W&B groups a sweep's runs by the sweep."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import signal
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +28,7 @@ from omegaconf import OmegaConf, open_dict
 
 import small_runs
 from small_runs import TINY as SMALL_SWEEP, explain, with_folds
+from submitit.core.utils import pickle_load
 from trashseg.inference.options import sweep_runs
 from trashseg.tools import compare
 from trashseg.training.callbacks.loggers import build_loggers
@@ -159,6 +167,65 @@ def test_a_sweep_whose_every_job_is_refused_leaves_nothing_but_what_was_there(po
     assert result.returncode == 2, explain(result)
     assert sorted(p.relative_to(user) for p in user.rglob("*")) == before
     assert (user / "notes" / "plan.md").read_text() == "fold 7 first\n"
+
+
+def local_job_process(sweep: Path, job_num: int) -> int | None:
+    """The pid of the task process running the sweep's job `job_num` under submitit_local (the
+    child of its controller, whose pid is the job's id), None until it runs."""
+    for submitted in sweep.glob(".submitit/*/*_submitted.pkl"):
+        if pickle_load(submitted).args[2] == job_num:  # the launcher's (overrides, dir key, job num, ...)
+            controller = submitted.parent.name
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # a process that ended while listed
+                if fields[1] == controller:  # its parent's pid
+                    return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_submitit_local_job_killed_mid_training_is_a_failed_job_whose_line_continues_it(synthetic_root, tmp_path):
+    sweep, runs = tmp_path / "killed", tmp_path / "runs"
+    args = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
+    environ = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", *args, "logger=csv",
+                                "trainer.max_epochs=1,30", f"data.root={synthetic_root}",
+                                "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+                                f"hydra.sweep.dir={sweep}", f"runs_dir={runs}"],
+                               cwd=REPO, env=environ, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        last = sweep / "1" / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + HANG_GUARD
+        while not (last.exists() and (task := local_job_process(sweep, 1))):
+            assert process.poll() is None and time.monotonic() < deadline, "job 1 never wrote last.ckpt"
+            time.sleep(0.1)
+        os.kill(task, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        out, err = process.communicate(timeout=HANG_GUARD)
+    finally:
+        process.kill()
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in err and "UncompletedJobError" not in out + err, explain(result)
+    assert 0 <= float(score_cell(out, "0")) <= 1
+    assert score_cell(out, "1").startswith("failed: job "), explain(result)
+    prefix = "error: job "
+    assert last_line(err).startswith(prefix), explain(result)
+    assert (sweep / "1" / "failed.txt").read_text() == last_line(err).removeprefix("error: ") + "\n"
+    ended, _, command = last_line(err).partition(": continue it with ")
+    assert ended.endswith("ended without a result (submitit_local: FINISHED)"), explain(result)
+    command = shlex.split(command)
+    assert command[:2] == ["python", "train.py"] and command[-2:] == ["resume=auto", f"hydra.run.dir={sweep / '1'}"]
+    steps = lambda: torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert steps() < 30 * 2
+
+    continued = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=environ, capture_output=True, text=True,
+                               timeout=HANG_GUARD)
+    assert continued.returncode == 0, explain(continued)
+    assert steps() == 30 * 2  # continued from the killed job's last.ckpt to its end, in its own folder
+    assert not (sweep / "1" / "failed.txt").exists() and not runs.exists()
 
 
 # ---------------------------------------------------------------- the sweep's end, on folders made by hand

@@ -1,5 +1,6 @@
 """The record a sweep job leaves when it stops on an error a user can fix (a fold that does not
-exist, a launcher setting the trainer refuses): its one-line reason in `<job folder>/failed.txt`.
+exist, a launcher setting the trainer refuses), or when it is killed from outside (scancel, an
+out-of-memory kill, a lost node: killed_jobs records it): its one-line reason in `<job folder>/failed.txt`.
 
 train.py writes it and returns instead of exiting, so the sweep goes on to its other jobs under
 every launcher (a `sys.exit` inside a submitit job bypasses submitit's result file: the sweep waits
@@ -10,11 +11,14 @@ line instead and leaves no folder (train.py's remove_failed_start).
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
 from trashseg.atomic import write_text
 from trashseg.run_layout import FAILED_FILE
+
+from ..summary import shown
 
 HYDRA_FILES = frozenset({".hydra", "train.log"})  # what Hydra writes into a job folder before train() runs
 
@@ -22,6 +26,14 @@ HYDRA_FILES = frozenset({".hydra", "train.log"})  # what Hydra writes into a job
 def record_failure(job_dir: Path, reason: str) -> None:
     job_dir.mkdir(parents=True, exist_ok=True)
     write_text(job_dir / FAILED_FILE, reason + "\n")
+
+
+def killed_reason(job_id: str, ended: str, job_dir: Path, overrides: list[str]) -> str:
+    """How a killed job ended (`CANCELLED (sacct) without finishing`) and the command that continues
+    it: resume=auto in its own folder, from its last.ckpt (a folder without one starts the run there)."""
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    command = ["python", "train.py", *kept, "resume=auto", f"hydra.run.dir={shown(job_dir)}"]
+    return f"job {job_id} ended {ended}: continue it with {shlex.join(command)}"
 
 
 def clear_failure(job_dir: Path) -> None:

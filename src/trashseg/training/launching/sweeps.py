@@ -10,7 +10,8 @@ Summary: its folder and a table of its jobs (what each varied, best val mIoU, ep
 the command for the best one. A Hydra callback (registered in configs/train.yaml under
 hydra.callbacks), so it runs in the process that launched the sweep under every launcher and
 sweeper (basic, submitit, Optuna); it reads the job folders from disk (trashseg.run_layout), as the
-run summary does, so a failed job shows as one, with the reason it recorded (job_failure). A sweep
+run summary does, so a failed job shows as one, with the reason it recorded (job_failure; a job
+killed from outside: killed_jobs). A sweep
 with failed jobs ends with their reasons, one `error: ...` line each, and exits 2. What the sweep
 leaves that no tool reads goes: submitit's `%j` placeholder folder, and the whole sweep folder when
 no job started (what was in it before the sweep stays).
@@ -73,7 +74,8 @@ def sweep_identity() -> tuple[str | None, str | None]:
     return str(sweep_dir), name or str(hc.job.num)
 
 
-def _overrides(job: Path) -> list[str]:
+def recorded_overrides(job: Path) -> list[str]:
+    """The job's overrides as Hydra recorded them in its folder; [] when it never started."""
     path = job / ".hydra" / "overrides.yaml"
     return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
@@ -93,7 +95,8 @@ def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | Non
                 best = (found[0], ckpt)
         else:
             score, epoch = ("no validation" if last_checkpoint(job).is_file() else "failed"), "-"
-        rows.append(f"| {job.name} | {job_name(keys, _overrides(job)) or '-'} | {score} | {epoch} | {shown(job)} |")
+        varies = job_name(keys, recorded_overrides(job)) or "-"
+        rows.append(f"| {job.name} | {varies} | {score} | {epoch} | {shown(job)} |")
     return rows, best[1] if best else None
 
 
