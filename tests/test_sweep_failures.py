@@ -150,6 +150,30 @@ def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(poo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sampler, end", [
+    ("random", "No trials are completed yet"),  # Study.best_trial with every trial failed
+    ("grid", "`Study.stop` is supposed to be invoked"),  # the grid's end after a failed (last) trial
+])
+def test_an_optuna_search_that_its_failed_trials_stop_ends_in_the_sweeps_table(pool, tmp_path, sampler, end):
+    sweep = tmp_path / "search"
+    result = run_train("-m", *TINY, "logger=csv", f"data.root={pool}", "hydra/sweeper=optuna",
+                       f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+                       "hydra.sweeper.direction=maximize", "data.fold=choice(7,8)",
+                       f"hydra.sweep.dir={sweep}", f"runs_dir={tmp_path / 'runs'}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, explain(result)  # was 1: the sweeper's error, before the table
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, explain(result)
+    assert f"the Optuna search ended on its failed trials ({end}" in output, explain(result)
+    assert "no job started: the sweep left nothing" in result.stdout, explain(result)  # the table's end, as any sweep's
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    folds = {line.split(":")[1].strip() for line in errors}  # the random sampler may draw one fold twice
+    assert len(errors) == len(folds) and folds <= {"fold 7", "fold 8"} and folds, explain(result)
+    if sampler == "grid":
+        assert folds == {"fold 7", "fold 8"}, explain(result)
+    assert last_line(result.stderr) in errors
+
+
+@pytest.mark.slow
 def test_a_sweep_whose_every_job_is_refused_leaves_nothing_but_what_was_there(pool, tmp_path):
     runs = tmp_path / "runs"
     result = run_train("-m", *TINY, "logger=csv", f"data.root={pool}", "data.fold=7,8", f"runs_dir={runs}")

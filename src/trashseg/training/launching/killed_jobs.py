@@ -6,7 +6,7 @@ records a killed one as a failed job (job_failure: how it ended and the command 
 it), so SweepSummary's table, `error:` line and exit 2 follow as for a job refused on a setup error.
 
 Hydra instantiates launchers only from classes defined in its hydra_plugins package:
-hydra_plugins/trashseg_launchers puts this mixin on the plugin's SlurmLauncher and LocalLauncher
+hydra_plugins/trashseg_sweeps puts this mixin on the plugin's SlurmLauncher and LocalLauncher
 and registers them as `hydra/launcher=submitit_slurm` and `submitit_local` (queue_configs), in
 place of the plugin's own configs, every setting of which they keep.
 

@@ -12,13 +12,15 @@ hydra.callbacks), so it runs in the process that launched the sweep under every 
 sweeper (basic, submitit, Optuna); it reads the job folders from disk (trashseg.run_layout), as the
 run summary does, so a failed job shows as one, with the reason it recorded (job_failure; a job
 killed from outside: killed_jobs). A sweep
-with failed jobs ends with their reasons, one `error: ...` line each, and exits 2. What the sweep
+with failed jobs ends with their reasons, one `error: ...` line each, and exits 2; so does an Optuna
+search that its failed trials stopped before its own summary (SearchEndsInTable). What the sweep
 leaves that no tool reads goes: submitit's `%j` placeholder folder, and the whole sweep folder when
 no job started (what was in it before the sweep stays).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +37,13 @@ from trashseg.run_layout import best_checkpoint, best_validation, failure_reason
 
 from ..summary import shown
 from .job_failure import never_started, remove_empty_parents
+
+log = logging.getLogger(__name__)
+
+# hydra-optuna-sweeper's ends after its trials ran, when failed trials leave it nothing to summarise
+# (optuna 2.10): every trial failed (Study.best_trial), or a grid search's last trial failed (the
+# grid's Study.stop, which the sweeper lets pass only after a completed trial).
+SEARCH_ENDS = ("No trials are completed yet", "`Study.stop` is supposed to be invoked inside an objective function")
 
 
 def swept_keys(sweeper_params: dict | None, sweep_overrides: list[str]) -> list[str]:
@@ -186,3 +195,21 @@ class SweepSummary(Callback):
         if reasons:  # the last lines of the sweep, as a single run's error would be
             print("\n".join(f"error: {reason}" for reason in reasons), file=sys.stderr, flush=True)
             sys.exit(2)
+
+
+class SearchEndsInTable:
+    """Mixin for hydra-optuna-sweeper's OptunaSweeper (hydra_plugins/trashseg_sweeps): a search that
+    its failed trials stop in one of the sweeper's own errors (SEARCH_ENDS) ends as any sweep with
+    failed jobs does, in SweepSummary's table, the jobs' `error:` lines and exit 2, instead of that
+    error before the table with the reasons left in the job folders. Only then: any other error, or
+    the same text with no failed job on record, is raised as before."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            return super().sweep(arguments)
+        except (ValueError, RuntimeError) as err:
+            ended = next((end for end in SEARCH_ENDS if end in str(err)), None)
+            if ended is None or not failure_reasons(Path(str(self.sweeper.config.hydra.sweep.dir))):
+                raise
+            log.warning(f"the Optuna search ended on its failed trials ({ended}): no best trial and no "
+                        "optimization_results.yaml; the table below holds every trial")
