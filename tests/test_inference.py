@@ -81,6 +81,33 @@ def test_ensemble_of_two_copies_equals_one(trained, tmp_path):
     assert one.read_bytes() == two.read_bytes()
 
 
+def test_a_weighted_folder_ensemble_hands_on_probabilities_as_the_predictor_does(tmp_path, monkeypatch):
+    """--weights 3 1 over two probabilities folders: what post-processing sees (crf takes its log) is
+    (3 a + b) / 4, a probability per pixel, as the predictor's normalised weights give; was 3 a + b."""
+    from trashseg.inference import ensemble as ensemble_module
+    from trashseg.inference.probs_store import ProbsWriter
+
+    rng = np.random.default_rng(0)
+    probs = []
+    for name in ("a", "b"):
+        p = rng.random((3, 8, 8)).astype(np.float32)
+        p /= p.sum(0)
+        probs.append(p)
+        with ProbsWriter(tmp_path / name, ["x", "y", "z"], [name], dtype=np.float32) as writer:
+            writer.write(1, "img.jpg", p)
+    seen = []
+
+    def post(mode, total, rgb):
+        seen.append(total.numpy())
+        return total.argmax(0)
+
+    monkeypatch.setattr(ensemble_module, "postprocess", post)
+    ensemble_module.ensemble([tmp_path / "a", tmp_path / "b"], [3, 1], tmp_path / "out.csv", size=8)
+    (total,) = seen
+    np.testing.assert_allclose(total, (3 * probs[0] + probs[1]) / 4, rtol=1e-6)
+    np.testing.assert_allclose(total.sum(0), 1, rtol=1e-5)
+
+
 def test_other_class_list_is_refused(trained, tmp_path, capsys):
     ckpt, _ = trained
     data = torch.load(ckpt, weights_only=True)

@@ -22,6 +22,7 @@ from trashseg.errors import run_or_report
 from trashseg.submission import SubmissionWriter
 
 from .postprocess import POST_MODES, check_post, postprocess
+from .predictor import normalised_weights
 from .probs_store import read_index
 
 
@@ -43,9 +44,7 @@ def image_folder(folder: Path, index: dict) -> Path:
 
 
 def ensemble(folders: list[Path], weights: list[float] | None, out: Path, size: int = 256, post: str | None = None) -> str:
-    weights = weights or [1.0] * len(folders)
-    if len(weights) != len(folders):
-        raise ValueError(f"{len(weights)} weights for {len(folders)} folders; give one weight per folder")
+    weights = normalised_weights(weights, len(folders), "weights", "folder")  # as the predictor weighs its models
     indexes = [read_index(f) for f in folders]
     for folder, index in zip(folders[1:], indexes[1:]):
         if index["classes"] != indexes[0]["classes"]:
@@ -58,7 +57,7 @@ def ensemble(folders: list[Path], weights: list[float] | None, out: Path, size: 
     with SubmissionWriter(out, size) as writer:
         for image in tqdm(indexes[0]["images"], desc="ensemble"):
             # float32 as stored by a shard (float16 files are widened exactly); one folder of weight 1 sums to itself
-            total = sum(w * np.load(f / f"{image['id']}.npy").astype(np.float32) for w, f in zip(weights, folders))
+            total = sum(w * np.load(f / f"{image['id']}.npy").astype(np.float32, copy=False) for w, f in zip(weights, folders))
             rgb = read_rgb(images / image["file_name"]) if images is not None else None
             labels = postprocess(post, torch.from_numpy(total), rgb)
             writer.write(image["file_name"], labels.numpy().astype(np.uint8))

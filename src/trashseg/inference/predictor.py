@@ -48,6 +48,16 @@ def nonfinite_message(path: Path, net) -> str:
     return f"{path} gave NaN or inf logits for this batch ({cause})"
 
 
+def normalised_weights(weights: Sequence[float] | None, n: int, flag: str, item: str) -> list[float]:
+    """One weight per `item` (checkpoint, probabilities folder), summing to 1 (default: equal): the
+    averaged probabilities stay probabilities, as --post crf needs."""
+    weights = list(weights) if weights else [1.0] * n
+    if len(weights) != n:
+        raise ValueError(f"{len(weights)} {flag} for {n} {item}s; give one per {item}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 class Predictor:
     def __init__(self, sources: Sequence[ModelSource], weights: Sequence[float] | None = None,
                  tta: str = "none", scales: Sequence[float] = (1.0,), device: str = "cpu",
@@ -57,11 +67,7 @@ class Predictor:
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"--resize {' '.join(map(str, resize))}: give a height and a width in pixels, e.g. --resize 90 120")
         self.resize = tuple(int(v) for v in resize) if resize is not None else None
-        weights = list(weights) if weights else [1.0] * len(sources)
-        if len(weights) != len(sources):
-            raise ValueError(f"{len(weights)} --weights for {len(sources)} checkpoints; give one per checkpoint")
-        total = sum(weights)
-        self.weights = [w / total for w in weights]
+        self.weights = normalised_weights(weights, len(sources), "--weights", "checkpoint")
         self.device = torch.device(device)
         self.views = tta_views(tta)
         self.scales = list(scales)
