@@ -53,8 +53,9 @@ def main(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # A sweep goes on to its other jobs (an exit inside a submitit job would leave the sweep waiting
             # for its result); the sweep's table and last lines name this one, and the sweep exits 2.
-            record_failure(run_dir, one_line(err))
-            log.error("error: %s", one_line(err))
+            reason = one_line(err)
+            record_failure(run_dir, reason)
+            log.error("error: %s", reason)
             return None  # no score: Optuna records a failed trial
         report(err)
         remove_failed_start(run_dir)

@@ -29,7 +29,7 @@ PROGRAMS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld",
 
 def unavailable() -> str | None:
     """Why no cluster can start here (one line naming the fix), or None."""
-    missing = [p for p in PROGRAMS if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin")]
+    missing = [p for p in PROGRAMS if not which(p)]
     if missing:
         return f"SLURM is not installed ({', '.join(missing)} missing); install it with: {INSTALL}"
     if os.geteuid() != 0:

@@ -29,6 +29,7 @@ from trashseg.data.kfold import main as kfold
 from trashseg.data.synthetic import is_synthetic
 from trashseg.inference.command import output_name
 from trashseg.inference.pseudo import main as pseudo
+from trashseg.run_layout import sweep_jobs
 from trashseg.submission import SubmissionWriter
 from trashseg.submission.__main__ import main as submission
 from trashseg.training.run_config import check_accelerator, plain_config
@@ -216,7 +217,7 @@ def test_a_sweep_table_shows_each_job_and_a_failed_one(tmp_path):
             (sweep / job / "checkpoints" / "best.ckpt").write_bytes(b"x")
             rows = "\n".join(f"{epoch},{score}" for epoch, score in enumerate(scores))
             (sweep / job / "metrics.csv").write_text(f"epoch,val/mIoU\n{rows}\n")
-    lines = summary_lines(sweep, ["optimizer.lr"])
+    lines = summary_lines(sweep, sweep_jobs(sweep), ["optimizer.lr"])
     assert lines[0] == f"sweep folder: {sweep} (3 jobs)"
     assert f"| 0 | optimizer.lr=1e-3 | 0.5000 | 1 | {sweep / '0'} |" in lines
     assert f"| 2 | optimizer.lr=1e-4 | failed | - | {sweep / '2'} |" in lines

@@ -26,6 +26,8 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINTS = "checkpoints"
 BEST = Path(CHECKPOINTS) / "best.ckpt"
 LAST = Path(CHECKPOINTS) / "last.ckpt"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # Hydra's record of the overrides a run or job was started with
+HYDRA_FILES = frozenset({".hydra", "train.log"})  # what Hydra writes into a job folder before train() runs
 FAILED_FILE = "failed.txt"  # a sweep job's one-line reason it stopped on an error a user can fix (training.launching.job_failure)
 MAIN_METRIC = "val/mIoU"
 
@@ -58,6 +60,11 @@ def read_config(run: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def flat_keys(cfg) -> dict:
+    """A config as {dotted key: value}, the form W&B, compare and the resume check compare keys in."""
+    return pd.json_normalize(dict(cfg), sep=".").iloc[0].to_dict() if cfg else {}
+
+
 def job_order(folder: Path) -> list:
     """Sort key of a sweep's folders: numbers by value (job 10 after job 9)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", Path(folder).name)]
@@ -68,8 +75,25 @@ def sweep_jobs(sweep: Path) -> list[Path]:
     sweep = Path(sweep)
     if not sweep.is_dir():
         return []
-    jobs = (p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file() or (p / FAILED_FILE).is_file())
+    jobs = (p for p in sweep.iterdir() if (p / OVERRIDES_FILE).is_file() or (p / FAILED_FILE).is_file())
     return sorted(jobs, key=job_order)
+
+
+def recorded_overrides(folder: Path) -> list[str] | None:
+    """The overrides the run or job in `folder` was started with (Hydra's record); None without one."""
+    path = Path(folder) / OVERRIDES_FILE
+    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else None
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets: `data.fold` of `data.fold=0`, `+trainer.x=1` and `~key`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def holds_only(folder: Path, names: frozenset[str]) -> bool:
+    """Whether `folder` exists and holds nothing but entries named in `names`."""
+    folder = Path(folder)
+    return folder.is_dir() and all(p.name in names for p in folder.iterdir())
 
 
 def failure_reason(folder: Path) -> str | None:

@@ -21,10 +21,15 @@ class UnknownCategoryError(ValueError):
 
 def read_coco(ann_file: str | Path) -> dict:
     """The parsed annotation file, with one clear line when it is missing or not COCO."""
+    return parse_coco(annotation_bytes(ann_file), ann_file)
+
+
+def annotation_bytes(ann_file: str | Path) -> bytes:
+    """An annotation file's bytes, with one clear line when it is missing."""
     path = Path(ann_file)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path} (check data.root and the *_ann keys)")
-    return parse_coco(path.read_bytes(), path)
+    return path.read_bytes()
 
 
 def parse_coco(raw: bytes, ann_file: str | Path) -> dict:

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .cache import MaskCache, default_cache_root, mask_key
 from .classes import CLASSES
-from .coco import label_map, parse_coco
+from .coco import label_map, read_coco
 from .copy_paste import CopyPaste
 from .image_io import read_rgb
 from .masks import SegObject, object_masks, rasterize, validate_policy
@@ -60,9 +60,7 @@ class CocoSegmentationDataset(Dataset):
         self.overlap, self.crowd, self.mode = overlap, crowd, mode
         self.transforms = build_transforms(transforms) if isinstance(transforms, Sequence) else transforms
 
-        if not self.ann_path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {self.ann_path} (check data.root and the *_ann keys)")
-        coco = parse_coco(self.ann_path.read_bytes(), self.ann_path)
+        coco = read_coco(self.ann_path)
         self._index_images(coco["images"])
         self.cache: MaskCache | None = None
         self.mask_keys: np.ndarray | None = None  # per image, what its cached mask is stored under
@@ -118,7 +116,7 @@ class CocoSegmentationDataset(Dataset):
         """The image's annotations (re-reading the JSON if the warm cache let us skip them)."""
         objects = self._objects[index]
         if objects is None:
-            coco = parse_coco(self.ann_path.read_bytes(), self.ann_path)
+            coco = read_coco(self.ann_path)
             self._objects = self._pack_objects(self._group_objects(coco), only_uncached=False)
             objects = self._objects[index]
         return objects

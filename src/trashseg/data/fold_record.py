@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .coco import read_coco
+from .coco import annotation_bytes, parse_coco, read_coco
 from .kfold import fold_annotations, run_annotation
 
 RECORD_KEY = "fold_record"
@@ -35,7 +35,8 @@ def sha256_of(path: Path) -> str:
 def file_record(root: str | Path, ann: str | Path) -> dict:
     """{file (as the config names it, relative to the data root), sha256, images}."""
     path = Path(root) / ann
-    return {"file": str(ann), "sha256": sha256_of(path), "images": len(read_coco(path)["images"])}
+    raw = annotation_bytes(path)  # read once: hashed and parsed
+    return {"file": str(ann), "sha256": hashlib.sha256(raw).hexdigest(), "images": len(parse_coco(raw, path)["images"])}
 
 
 def record_folds(data: dict) -> dict | None:

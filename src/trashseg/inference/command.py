@@ -16,7 +16,7 @@ from trashseg.errors import run_or_report
 from trashseg.metric import SegmentationMetric, foreground_iou
 from trashseg.submission import SubmissionWriter, to_submission_size
 
-from .loop import build_loader, predict_labels
+from .loop import build_loader, predict_labels, predict_probs
 from .options import add_data_args, add_model_args, check_fold_files, load_predictor, settings_record
 from .predictor import Predictor
 from .probs_store import ProbsWriter
@@ -143,7 +143,8 @@ def default_out(source, split: str) -> Path:
     return Path("submissions") / (f"{name}.csv" if split == "test" else f"{name}_val.json")
 
 
-def run_shard(predictor, loader, args: argparse.Namespace, classes: list[str], sources: list[str], made_by: dict) -> str:
+def run_shard(predictor, loader, args: argparse.Namespace, classes: list[str], sources: list[str], made_by: dict,
+              total: int) -> str:
     """One part of a split's probabilities (inference.shards merges the parts).
 
     Stored in float32, the precision one process argmaxes (and post-processes) in: float16, as a
@@ -152,13 +153,12 @@ def run_shard(predictor, loader, args: argparse.Namespace, classes: list[str], s
     Labelling the one-process CSV from float16 instead would make every default CSV lose that
     information, so the shards pay twice the disk (11.5 MB a 512 px image with 11 classes) for a
     merged CSV that is the one-process CSV byte for byte: both go through postprocess() on the
-    same float32 numbers."""
+    same float32 numbers. `total`: the images of the whole split."""
     index, count = args.shard
-    total = len(loader.dataset.dataset)  # the split before sharding
     shard = {"index": index, "count": count, "total": total}
     with ProbsWriter(args.save_probs, classes, sources, shard, made_by, dtype=np.float32) as probs_writer:
-        for _ in predictions(predictor, loader, probs_writer, "none"):
-            pass
+        for item, probs in predict_probs(predictor, loader):  # probabilities only: the labels are the merge's
+            probs_writer.write(int(item["id"]), item["file_name"], probs.cpu().numpy())
     return (f"wrote shard {index}/{count} ({len(loader.dataset)} of {total} images) to {args.save_probs}; when every "
             "shard is done: python -m trashseg.inference.shards PART0 PART1 ... --out MERGED")
 
@@ -171,9 +171,9 @@ def run(args: argparse.Namespace) -> str:
                           args.num_workers, args.device, shard=args.shard)
     sources = [str(m.path) for m in models]
     dataset = getattr(loader.dataset, "dataset", loader.dataset)  # a shard's Subset: the whole split's dataset
-    made_by = settings_record(args, models, predictor, dataset, args.split) if args.save_probs else None
+    made_by = settings_record(args, models, predictor, dataset) if args.save_probs else None
     if args.shard:
-        return run_shard(predictor, loader, args, classes, sources, made_by)
+        return run_shard(predictor, loader, args, classes, sources, made_by, len(dataset))
     out = args.out or default_out(models[0], args.split)
     # a failed run removes its half-written probabilities folder at once
     with (ProbsWriter(args.save_probs, classes, sources, made_by=made_by) if args.save_probs

@@ -27,7 +27,7 @@ from trashseg.data.fold_record import verify_fold_file
 from trashseg.data.kfold import fold_annotations
 from trashseg.errors import run_or_report
 from trashseg.metric import confusion_matrix, iou_per_class, summarize
-from trashseg.run_layout import MAIN_METRIC, best_checkpoint, best_row, read_config, read_metrics
+from trashseg.run_layout import best_checkpoint, best_validation, read_config
 
 from .checkpoint import load_checkpoint
 from .loop import build_loader, predict_labels
@@ -107,15 +107,11 @@ def score_fold(result: OOFResult, fold: int, run: Path, args: argparse.Namespace
                      item["image"][:, : pred.shape[0], : pred.shape[1]].permute(1, 2, 0).numpy(), truth.numpy(), pred.numpy()))
             (heapq.heappush if len(result.worst) < args.worst else heapq.heappushpop)(result.worst, entry)
     result.confusion += fold_confusion
-    logged = _logged_best(run)
+    logged = best_validation(run)
     result.folds.append({"fold": fold, "run": str(run), "images": len(loader.dataset),
-                         "mIoU": float(summarize(fold_confusion, result.classes)["mIoU"]), "logged_val_mIoU": logged})
+                         "mIoU": float(summarize(fold_confusion, result.classes)["mIoU"]), "logged_val_mIoU": logged[0] if logged else None})
 
 
-def _logged_best(run: Path) -> float | None:
-    """The best val/mIoU the run logged during training (its own fold's val), if recorded."""
-    row = best_row(read_metrics(run))
-    return None if row is None else float(row[MAIN_METRIC])
 
 
 def summary(result: OOFResult, args: argparse.Namespace) -> dict:

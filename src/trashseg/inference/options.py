@@ -120,7 +120,7 @@ def model_digests(models: list[LoadedCheckpoint | LoadedExport]) -> list[str]:
 
 
 def settings_record(args: argparse.Namespace, models: list[LoadedCheckpoint | LoadedExport], predictor: Predictor,
-                    dataset: CocoSegmentationDataset, split: str) -> dict:
+                    dataset: CocoSegmentationDataset) -> dict:
     """What made a run's probabilities, as a --save-probs folder records it (`made_by`): the models by
     content with their normalised weights, the predictor's flags, `--post`, and the data (split, root,
     annotation file by content, and the image folder the crf post-processing reads again)."""
@@ -130,7 +130,7 @@ def settings_record(args: argparse.Namespace, models: list[LoadedCheckpoint | Lo
         "scales": [float(s) for s in args.scales],
         "resize": list(args.resize) if args.resize else None,
         "post": args.post,
-        "split": split,
+        "split": args.split,
         "data_root": str(dataset.root.resolve()),
         "annotation": str(dataset.ann_path.resolve()),
         "annotation_sha256": sha256_of(dataset.ann_path),

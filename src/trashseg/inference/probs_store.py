@@ -48,7 +48,7 @@ class ProbsWriter:
     def write(self, image_id: int, file_name: str, probs: np.ndarray) -> None:
         path = self.tmp / f"{image_id}.npy"
         try:
-            np.save(path, probs.astype(self.dtype))
+            np.save(path, probs.astype(self.dtype, copy=False))
         except OSError as err:
             self.abort()
             raise disk_full(self.folder / path.name, err) from None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import sys
@@ -33,31 +32,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pycocotools import mask as mask_utils
 
 from trashseg.data.coco import read_coco
 from trashseg.data.kfold import run_annotation
 from trashseg.data.pseudo_marker import marked
+from trashseg.atomic import write_text
 from trashseg.errors import run_or_report
+from trashseg.run_layout import override_key, recorded_overrides
 
 from .loop import build_loader, predict_labels
 from .options import add_data_args, add_model_args, check_fold_files, load_predictor
 
 # Overrides the next round sets itself (or must not repeat: the folder, a resume of the old run).
 REPLACED = ("data.root", "data.fold", "data.extra_train", "resume")
-
-
-def typed_overrides(source_path: Path) -> list[str] | None:
-    """The overrides a run was started with (Hydra's .hydra/overrides.yaml in its run folder),
-    None for a checkpoint or exported file outside a run folder."""
-    run = source_path.resolve().parent.parent
-    path = run / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else None
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def extra_train_override(pseudo_file: Path, image_root: Path) -> str:
@@ -86,15 +74,15 @@ def next_round_command(sources: Sequence, pseudo_file: Path, image_root: Path, d
     """`sources`: the models that made the labels (`.path`, `.cfg`), the first one's run giving the
     experiment and overrides; `sweeps`: the --checkpoints-from folders they came from."""
     cfg = sources[0].cfg
-    typed = typed_overrides(Path(sources[0].path))
-    if typed is None:  # no run folder at hand: the experiment its config names
+    typed = recorded_overrides(Path(sources[0].path).resolve().parent.parent)  # the run of <run>/checkpoints/x.ckpt
+    if typed is None:  # no run folder at hand (an exported file): the experiment its config names
         name = cfg.get("experiment_name")
         typed = [f"experiment={name}"] if name and name != "default" else []
     words = ["python", "train.py"]
     folds = sorted({s.cfg["data"].get("fold") for s in sources} - {None})
     if len(folds) > 1:
         words.append("-m")
-    words += [o for o in typed if _key(o) not in REPLACED and not _key(o).startswith("hydra.")]
+    words += [o for o in typed if override_key(o) not in REPLACED and not override_key(o).startswith("hydra.")]
     words.append(f"data.root={Path(data_root or cfg['data']['root']).resolve()}")
     if folds:
         words.append(f"data.fold={','.join(map(str, folds))}")
@@ -168,13 +156,7 @@ def pseudo_label(args: argparse.Namespace) -> str:
             "source": str(loader.dataset.ann_path), "image_root": str(Path(loader.dataset.image_root).resolve())}
     coco = {"info": marked(info),  # the data module refuses a marked file read without crowd: ignore
             "images": images, "annotations": annotations, "categories": categories}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(coco))
-        os.replace(tmp, args.out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(args.out, json.dumps(coco))
     command = next_round_command(checkpoints, args.out, loader.dataset.image_root, args.data_root, args.checkpoints_from)
     return (f"wrote {args.out}: {len(images)} images ({skipped} left out under --min-image-confidence "
             f"{args.min_image_confidence}), {len(annotations)} annotations, {unsure_pixels / max(pixels, 1):.1%} of pixels "

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from trashseg.run_layout import (  # noqa: E402
-    CONFIG_FILE, MAIN_METRIC, METRICS_FILE, best_row, failure_reason, is_run, read_config, read_metrics)
+    CONFIG_FILE, MAIN_METRIC, METRICS_FILE, best_row, failure_reason, flat_keys, is_run, read_config, read_metrics)
 
 log = logging.getLogger("trashseg.compare")
 
@@ -55,7 +55,7 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
 
 def flat_config(run: Path) -> dict:
     config = read_config(run)
-    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
+    flat = flat_keys(config)
     return {k: (str(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items() if not k.startswith(IDENTITY_KEYS)}
 
 

@@ -81,7 +81,7 @@ def check_distill_config(cfg: Mapping) -> dict:
 
 def load_teacher(path: str | Path, classes: Sequence[str]) -> NormalisedNet:
     """The checkpoint's network behind its own normalisation, frozen and in eval mode; it computes in
-    the student's precision (the training step's autocast) and runs channels_last where the student does."""
+    the student's precision (the training step's autocast) and runs channels_last on CUDA (Distiller.to)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"distill.teacher: checkpoint not found: {path}; give checkpoints train.py wrote, "

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from trashseg.checkpoint.lightning_io import AtomicCheckpointIO, BestWeightsCheckpoint
-from trashseg.run_layout import BEST, CHECKPOINTS, LAST, best_validation, used
+from trashseg.run_layout import BEST, CHECKPOINTS, LAST, MAIN_METRIC, best_validation, used
 
 from .callbacks.averaging import build_averaging
 from .callbacks.history import MetricsHistory
@@ -79,7 +79,7 @@ def train(cfg: DictConfig, run_dir: Path, placement: Mapping | None = None) -> d
 
         loggers = build_loggers(plain, run_dir, run.wandb_run_id)
         folder = run_dir / CHECKPOINTS
-        best = BestWeightsCheckpoint(dirpath=folder, filename=BEST.stem, monitor="val/mIoU", mode="max",
+        best = BestWeightsCheckpoint(dirpath=folder, filename=BEST.stem, monitor=MAIN_METRIC, mode="max",
                                      enable_version_counter=False, auto_insert_metric_name=False)
         # Not save_last: Lightning 2.6 rewrites that only when best.ckpt improves, so last.ckpt fell behind the run.
         # Without a monitor it is the latest state, written after every validation (mid-epoch ones too).

@@ -23,7 +23,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from trashseg.atomic import atomic_write
 from trashseg.run_layout import METRICS_FILE
 
-FILE_NAME = METRICS_FILE
 
 
 class MetricsHistory(Logger, L.Callback):
@@ -31,7 +30,7 @@ class MetricsHistory(Logger, L.Callback):
 
     def __init__(self, run_dir: str | Path, flush_every_n_steps: int = 100):
         super().__init__()
-        self.path = Path(run_dir) / FILE_NAME
+        self.path = Path(run_dir) / METRICS_FILE
         self.flush_every_n_steps = flush_every_n_steps
         self.rows: list[dict[str, Any]] = []
         self.dirty = False  # rows that the file does not hold yet

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
+
+from trashseg.run_layout import flat_keys
 
 from ..launching.sweeps import sweep_identity
 from .history import MetricsHistory
@@ -16,7 +17,7 @@ def build_loggers(cfg: dict, run_dir: Path, wandb_id: str | None) -> list:
     wb = cfg["logger"]["wandb"]
     if wb["enabled"]:
         sweep_group, sweep_name = sweep_identity()  # a sweep's runs: one group, named by what it varies
-        flat = pd.json_normalize(cfg, sep=".").iloc[0].to_dict()  # flat keys: W&B's run table filters on any
+        flat = flat_keys(cfg)  # flat keys: W&B's run table filters on any
         loggers.append(WandbLogger(
             save_dir=str(run_dir), offline=wb["offline"], project=wb["project"], entity=wb["entity"],
             group=wb["group"] or sweep_group or cfg["experiment_name"],  # a user's group wins, then the sweep's

@@ -16,12 +16,9 @@ import shutil
 from pathlib import Path
 
 from trashseg.atomic import write_text
-from trashseg.run_layout import FAILED_FILE
+from trashseg.run_layout import FAILED_FILE, HYDRA_FILES, holds_only, override_key
 
 from ..summary import shown
-
-HYDRA_FILES = frozenset({".hydra", "train.log"})  # what Hydra writes into a job folder before train() runs
-
 
 def record_failure(job_dir: Path, reason: str) -> None:
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -31,7 +28,7 @@ def record_failure(job_dir: Path, reason: str) -> None:
 def killed_reason(job_id: str, ended: str, job_dir: Path, overrides: list[str]) -> str:
     """How a killed job ended (`CANCELLED (sacct) without finishing`) and the command that continues
     it: resume=auto in its own folder, from its last.ckpt (a folder without one starts the run there)."""
-    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    kept = [o for o in overrides if override_key(o) not in ("resume", "hydra.run.dir")]
     command = ["python", "train.py", *kept, "resume=auto", f"hydra.run.dir={shown(job_dir)}"]
     return f"job {job_id} ended {ended}: continue it with {shlex.join(command)}"
 
@@ -43,7 +40,7 @@ def clear_failure(job_dir: Path) -> None:
 
 def never_started(folder: Path) -> bool:
     """Whether `folder` holds nothing but Hydra's files and a failure record: a job refused before training."""
-    return folder.is_dir() and all(p.name in HYDRA_FILES or p.name == FAILED_FILE for p in folder.iterdir())
+    return holds_only(folder, HYDRA_FILES | {FAILED_FILE})
 
 
 def remove_empty_parents(folder: Path, stop: Path) -> None:
@@ -58,7 +55,7 @@ def remove_empty_parents(folder: Path, stop: Path) -> None:
 def remove_failed_start(run_dir: Path) -> None:
     """A start that failed before training leaves no run folder: Hydra's files go, and so do the
     parents it made for them (runs/<experiment>/) when nothing else is in them."""
-    if not (run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir())):
+    if not holds_only(run_dir, HYDRA_FILES):
         return
     shutil.rmtree(run_dir)
     remove_empty_parents(run_dir, Path.cwd())

@@ -142,13 +142,13 @@ class Job:
 def current_job() -> Job:
     hc = HydraConfig.get()
     launcher = hc.runtime.choices.get("hydra/launcher") or "basic"
-    job = Job(multirun=hc.mode == RunMode.MULTIRUN, launcher=launcher, job_num=int(hc.job.get("num") or 0))
+    tasks = {}
     if launcher.startswith("submitit"):
         import submitit
 
         env = submitit.JobEnvironment()
-        job = Job(job.multirun, launcher, job.job_num, tasks=env.num_tasks, rank=env.global_rank, cluster=env.cluster)
-    return job
+        tasks = {"tasks": env.num_tasks, "rank": env.global_rank, "cluster": env.cluster}
+    return Job(multirun=hc.mode == RunMode.MULTIRUN, launcher=launcher, job_num=int(hc.job.get("num") or 0), **tasks)
 
 
 def external_processes() -> bool:
@@ -247,9 +247,10 @@ def adopt_submitit_ranks(job: Job) -> None:
 def place_job(trainer: dict, job: Job, job_gpus: list[str], allotment: list[str], sweeper: dict) -> dict:
     """The trainer keys this job runs with: its own GPUs when a local sweep's jobs share the machine.
     `job_gpus`: the GPUs submitit showed this job (its CUDA_VISIBLE_DEVICES, after `within_allotment`);
-    `allotment`: the GPUs the sweep was given (`sweep_allotment`). Returns the trainer config to use."""
+    `allotment`: the GPUs the sweep was given (`sweep_allotment`). Returns the trainer keys it sets
+    (`{"devices": [...]}`), none when the job runs as its config says."""
     if job.cluster != "local" or not job.multirun or trainer.get("accelerator") == "cpu":
-        return trainer
+        return {}
     if sorted(job_gpus) != sorted(allotment):
         raise LaunchError(
             f"submitit_local shows every job GPU(s) {','.join(job_gpus) or 'none'} but the sweep was given "
@@ -257,7 +258,7 @@ def place_job(trainer: dict, job: Job, job_gpus: list[str], allotment: list[str]
             f"set hydra.launcher.gpus_per_node={len(allotment)} and trashseg gives each job its own "
             "(trainer.devices GPUs a job)")
     if not job_gpus:
-        return trainer
+        return {}
     per_job = devices_per_node(trainer, len(job_gpus))
     placed = gpu_slot(job.job_num, per_job, len(job_gpus))
     slots = len(job_gpus) // per_job
@@ -266,7 +267,7 @@ def place_job(trainer: dict, job: Job, job_gpus: list[str], allotment: list[str]
         raise LaunchError(
             f"{len(job_gpus)} GPUs hold {slots} job(s) of {per_job} GPU(s) at once, but the sweep may start "
             f"{'every job' if width is None else width} at once; set {key}={slots}")
-    return {**trainer, "devices": placed} if per_job < len(job_gpus) else trainer  # all of them: as asked
+    return {"devices": placed} if per_job < len(job_gpus) else {}  # all of them: as asked
 
 
 class SweepGpus(Callback):
@@ -355,5 +356,4 @@ def prepare_job(cfg) -> dict:
     if job.cluster is not None:
         adopt_submitit_ranks(job)
     sweeper = OmegaConf.to_container(HydraConfig.get().sweeper)
-    placed = place_job(trainer, job, job_gpus, sweep_allotment(physical), sweeper)
-    return {"devices": placed["devices"]} if placed != trainer else {}
+    return place_job(trainer, job, job_gpus, sweep_allotment(physical), sweeper)

@@ -73,8 +73,9 @@ class CollectingLauncher:
         JobReturn with no value, as a job refused on a setup error returns (Optuna: a failed trial)."""
         from submitit.core.utils import UncompletedJobError
 
+        from trashseg.run_layout import recorded_overrides
+
         from .job_failure import killed_reason, record_failure
-        from .sweeps import recorded_overrides
 
         try:
             return job.results()[0]

@@ -25,7 +25,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -33,7 +32,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trashseg.run_layout import best_checkpoint, best_validation, failure_reason, last_checkpoint, sweep_jobs
+from trashseg.run_layout import (best_checkpoint, best_validation, failure_reason, last_checkpoint,
+                                 recorded_overrides, sweep_jobs)
 
 from ..summary import shown
 from .job_failure import never_started, remove_empty_parents
@@ -83,34 +83,27 @@ def sweep_identity() -> tuple[str | None, str | None]:
     return str(sweep_dir), name or str(hc.job.num)
 
 
-def recorded_overrides(job: Path) -> list[str]:
-    """The job's overrides as Hydra recorded them in its folder; [] when it never started."""
-    path = job / ".hydra" / "overrides.yaml"
-    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-
-
-def sweep_table(sweep_dir: Path, keys: list[str]) -> tuple[list[str], Path | None]:
+def sweep_table(jobs: list[Path], keys: list[str]) -> tuple[list[str], Path | None]:
     """Markdown rows, one per job, and the best job's best.ckpt (None when no job validated)."""
     rows = ["| job | varies | best val/mIoU | epoch | folder |", "|---|---|---|---|---|"]
     best: tuple[float, Path] | None = None
-    for job in sweep_jobs(sweep_dir):
-        found = best_validation(job)
+    for job in jobs:
         ckpt = best_checkpoint(job)
         if reason := failure_reason(job):
             score, epoch = f"failed: {reason}".replace("|", "\\|"), "-"
-        elif found and ckpt.is_file():
+        elif (found := best_validation(job)) and ckpt.is_file():
             score, epoch = f"{found[0]:.4f}", str(found[1])
             if best is None or found[0] > best[0]:
                 best = (found[0], ckpt)
         else:
             score, epoch = ("no validation" if last_checkpoint(job).is_file() else "failed"), "-"
-        varies = job_name(keys, recorded_overrides(job)) or "-"
+        varies = job_name(keys, recorded_overrides(job) or []) or "-"
         rows.append(f"| {job.name} | {varies} | {score} | {epoch} | {shown(job)} |")
     return rows, best[1] if best else None
 
 
-def summary_lines(sweep_dir: Path, keys: list[str]) -> list[str]:
-    rows, best = sweep_table(sweep_dir, keys)
+def summary_lines(sweep_dir: Path, jobs: list[Path], keys: list[str]) -> list[str]:
+    rows, best = sweep_table(jobs, keys)
     lines = [f"sweep folder: {shown(sweep_dir)} ({len(rows) - 2} jobs)", *rows]
     if best is not None:
         lines.append(f"score the best job: python inference.py --checkpoint {shown(best)} --split val")
@@ -119,9 +112,9 @@ def summary_lines(sweep_dir: Path, keys: list[str]) -> list[str]:
     return lines
 
 
-def failure_reasons(sweep_dir: Path) -> list[str]:
+def failure_reasons(jobs: list[Path]) -> list[str]:
     """The failed jobs' reasons, each once, in job order."""
-    return list(dict.fromkeys(r for job in sweep_jobs(sweep_dir) if (r := failure_reason(job))))
+    return list(dict.fromkeys(r for job in jobs if (r := failure_reason(job))))
 
 
 def remove_placeholder(submitit_folder: str | None) -> None:
@@ -184,10 +177,10 @@ class SweepSummary(Callback):
         keys = swept_keys(params, list(hydra.overrides.task))
         sweep_dir = Path(str(hydra.sweep.dir))
         submitit_folder = str(hydra.launcher.submitit_folder) if hydra.launcher.get("submitit_folder") else None
-        lines = summary_lines(sweep_dir, keys)
-        reasons = failure_reasons(sweep_dir)
-        remove_placeholder(submitit_folder)
         jobs = sweep_jobs(sweep_dir)
+        lines = summary_lines(sweep_dir, jobs, keys)
+        reasons = failure_reasons(jobs)
+        remove_placeholder(submitit_folder)
         if jobs and all(never_started(job) and failure_reason(job) for job in jobs) and self.before is not None:
             remove_refused_sweep(sweep_dir, self.before, self.outside, submitit_folder)
             lines.append(f"no job started: the sweep left nothing in {shown(sweep_dir)}")
@@ -209,7 +202,7 @@ class SearchEndsInTable:
             return super().sweep(arguments)
         except (ValueError, RuntimeError) as err:
             ended = next((end for end in SEARCH_ENDS if end in str(err)), None)
-            if ended is None or not failure_reasons(Path(str(self.sweeper.config.hydra.sweep.dir))):
+            if ended is None or not failure_reasons(sweep_jobs(Path(str(self.sweeper.config.hydra.sweep.dir)))):
                 raise
             log.warning(f"the Optuna search ended on its failed trials ({ended}): no best trial and no "
                         "optimization_results.yaml; the table below holds every trial")

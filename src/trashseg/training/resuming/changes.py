@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import pandas as pd
+from trashseg.run_layout import flat_keys
 
 NOT_RECORDED = ("resume", "runs_dir")  # where the run was found, not how it trains
 # Dotted keys (or prefixes ending in ".") a resume may change.
@@ -32,10 +32,6 @@ APPLIED_ON_RESUME = (
     "data.root", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
     "data.val_batch_size", "data.synthetic.",
 )
-
-
-def flat(cfg: Mapping) -> dict:
-    return pd.json_normalize(dict(cfg), sep=".").iloc[0].to_dict() if cfg else {}
 
 
 def _applied(key: str) -> bool:
@@ -53,15 +49,15 @@ def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
     """{dotted key: (checkpoint's value, new value)} for every key that differs. A key the
     checkpoint's config lacks and the new one sets to null (an option added since, off by
     default) is no change."""
-    old, now = flat(saved), flat(new)
+    old, now = flat_keys(saved), flat_keys(new)
     missing = object()
     return {k: (old.get(k), now.get(k)) for k in sorted(old.keys() | now.keys())
             if not _same(old.get(k, missing), now.get(k, missing)) and not (k not in old and now[k] is None)}
 
 
-def refused_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
-    """The changes a resume of `saved` with `new` cannot apply (empty: `new` continues that run)."""
-    return {k: v for k, v in config_changes(saved, new).items() if k not in NOT_RECORDED and not _applied(k)}
+def _refused(key: str) -> bool:
+    """A change a resume cannot apply (NOT_RECORDED keys are all applied ones)."""
+    return key not in NOT_RECORDED and not _applied(key)
 
 
 # Where the images are: applied when the run is named (a data set moved to another disk), but
@@ -72,8 +68,7 @@ SAME_DATA = ("data.root",)
 def other_run_changes(saved: Mapping, new: Mapping) -> dict[str, tuple]:
     """The changes that make the run `saved` not the one `new` continues when `resume=auto` picks a
     run: the refused ones, and other data."""
-    changes = config_changes(saved, new)
-    return {k: v for k, v in changes.items() if (k not in NOT_RECORDED and not _applied(k)) or k in SAME_DATA}
+    return {k: v for k, v in config_changes(saved, new).items() if _refused(k) or k in SAME_DATA}
 
 
 def _epochs_done(checkpoint: Mapping) -> int | None:
@@ -108,7 +103,7 @@ def listed_changes(changes: Mapping[str, tuple], shown: int = 6) -> str:
 def check_resume_config(saved: Mapping, new: Mapping, ckpt_name: str) -> dict[str, tuple]:
     """The changes a resume applies; a ValueError naming the ones it cannot."""
     changes = {k: v for k, v in config_changes(saved, new).items() if k not in NOT_RECORDED}
-    refused = refused_changes(saved, new)
+    refused = {k: v for k, v in changes.items() if _refused(k)}
     if refused:
         raise ValueError(
             f"resuming {ckpt_name} with a different {listed_changes(refused)}: the checkpoint restores the model, optimizer and "

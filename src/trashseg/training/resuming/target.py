@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from trashseg.data.fold_record import RECORD_KEY
 from trashseg.models.registry import DROPPED
-from trashseg.run_layout import CONFIG_FILE, LAST, RESUMES_FILE, read_config, used
+from trashseg.run_layout import CONFIG_FILE, LAST, RESUMES_FILE, override_key, read_config, used
 
 from ..callbacks.run_folder import restarted_job, scheduler_job
 from ..summary import shown
@@ -44,7 +44,7 @@ def named_run_folder() -> bool:
         return False
     hydra = HydraConfig.get()
     key = "hydra.sweep.dir" if hydra.mode == RunMode.MULTIRUN else "hydra.run.dir"
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in hydra.overrides.hydra)
+    return any(override_key(o) == key for o in hydra.overrides.hydra)
 
 
 def _set(cfg: dict, dotted: str, value) -> None:
@@ -106,7 +106,7 @@ def _restarted_job_checkpoint(run_dir: Path | None, runs_dir: Path, experiment: 
         run = ckpt.parent.parent if ckpt is not None else None
     if run is None:
         return None
-    job = restarted_job(run)
+    job = scheduler_job()  # what restarted_job(run) found: this process's own job
     restart = f"SLURM job {job['slurm_job_id']} restarted (SLURM_RESTART_COUNT={job['restart_count']})"
     if (run / LAST).is_file():
         rank_zero_info(f"{restart}: continuing its run in {shown(run)} from {LAST}")
