@@ -65,10 +65,18 @@ def _reached_parameters(outputs: list[torch.Tensor]) -> set[int]:
     return reached
 
 
+def _check_autograd(module: nn.Module) -> None:
+    """The probe records an autograd graph: parameters made under `torch.inference_mode()` cannot
+    be part of one."""
+    if any(p.is_inference() for p in module.parameters()):
+        raise RuntimeError("the unreached-module probe needs a model built outside torch.inference_mode() (its "
+                           "parameters are inference tensors); build it for the probe without inference_mode")
+
+
 def unreached_parameters(module: nn.Module, example: torch.Tensor) -> set[str]:
     """Names of the trainable parameters of `module` that `module(example)` does not use, run in eval
-    mode (running statistics stay as they are, no random numbers are drawn). The module must be built
-    outside `torch.inference_mode()` (models.registry builds the probe's copy so)."""
+    mode (running statistics stay as they are, no random numbers are drawn)."""
+    _check_autograd(module)
     was_training = module.training
     module.eval()
     try:
