@@ -162,6 +162,10 @@ def test_a_missing_or_repeated_shard_and_a_shard_without_probs_are_one_line(two_
     assert "shard(s) [1] missing" in err and err.strip().count("\n") == 0
     assert merge([str(parts[0]), str(parts[0]), "--out", str(tmp_path / "m")]) != 0
     assert "given twice" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    assert ensemble(["--probs", str(parts[0]), "--out", str(tmp_path / "part.csv")]) != 0  # a CSV of half the split
+    err = capsys.readouterr().err
+    assert f"{parts[0]} is shard 0/2" in err and "inference.shards" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "part.csv").exists()
     index = json.loads((parts[1] / "index.json").read_text())
     del index["made_by"]  # as a shard written before shards recorded their settings
     (parts[1] / "index.json").write_text(json.dumps(index))

@@ -46,6 +46,10 @@ def image_folder(folder: Path, index: dict) -> Path:
 def ensemble(folders: list[Path], weights: list[float] | None, out: Path, size: int = 256, post: str | None = None) -> str:
     weights = normalised_weights(weights, len(folders), "weights", "folder")  # as the predictor weighs its models
     indexes = [read_index(f) for f in folders]
+    for folder, index in zip(folders, indexes):
+        if shard := index.get("shard"):  # its CSV would hold a part of the split, a valid-looking partial submission
+            raise ValueError(f"{folder} is shard {shard['index']}/{shard['count']} of a split of {shard['total']} images; "
+                             "merge the shards first: python -m trashseg.inference.shards PART0 PART1 ... --out MERGED")
     for folder, index in zip(folders[1:], indexes[1:]):
         if index["classes"] != indexes[0]["classes"]:
             raise ValueError(f"{folder} has classes {index['classes']} but {folders[0]} has {indexes[0]['classes']}")
