@@ -34,11 +34,16 @@ from markdown_row import record
 REPO = Path(__file__).resolve().parents[1]
 
 
+def quickstart_config() -> dict:
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return plain_config(compose(config_name="train", overrides=["experiment=quickstart", "logger=csv"]))
+
+
 def quickstart_seconds(timeout: float = 900) -> tuple[float | None, float, float]:
     """(seconds to val/mIoU >= 0.5 or None, best mIoU, total seconds)."""
     data = REPO / "data" / "synthetic"
-    if not (data / "train.json").exists():
-        generate_dataset(data)
+    if not (data / "train.json").exists():  # generated beforehand, as the quickstart's config makes it (300 train images)
+        generate_dataset(data, **{k: v for k, v in quickstart_config()["data"]["synthetic"].items() if k != "root"})
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         start = time.perf_counter()
@@ -74,8 +79,7 @@ class OneBatch(Dataset):
 
 
 def loop_overhead(steps: int) -> tuple[float, float]:
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = plain_config(compose(config_name="train", overrides=["experiment=quickstart", "logger=csv"]))
+    cfg = quickstart_config()
     batch = {"image": torch.randint(0, 255, (16, 3, 128, 128), dtype=torch.uint8),
              "mask": torch.randint(0, 11, (16, 128, 128), dtype=torch.uint8)}
 
